@@ -31,7 +31,6 @@ AS SELECT
     toStartOfHour(event_time) AS bucket,
     tenant_id, service, provider, model, region, learner_id,
     countIf(record_type = 'usage') AS events,
-    -- a correction that prices an unpriced event carries -1 here
     sumIf(toUInt64(1), record_type = 'usage' AND pricing_status = 'unpriced') AS unpriced_events,
     sum(input_tokens) AS input_tokens,
     sum(output_tokens) AS output_tokens,

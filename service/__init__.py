@@ -1,0 +1,1 @@
+"""finops-svc: meters the cost of AI inference calls and guards budgets."""

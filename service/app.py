@@ -1,0 +1,187 @@
+"""The composition root: builds the Litestar app and wires every component."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any, cast
+
+import anyio.to_thread
+from litestar import Litestar, Request, Response
+from litestar.datastructures import State
+from litestar.di import Provide
+from litestar.exceptions import HTTPException, ValidationException
+from litestar.middleware import DefineMiddleware
+from litestar.openapi.config import OpenAPIConfig
+from litestar.openapi.plugins import RedocRenderPlugin, SwaggerRenderPlugin
+from litestar.openapi.spec import Components, SecurityScheme
+
+from service.auth.guards import BearerTokenMiddleware
+from service.auth.tokens import TokenVerifier
+from service.errors import DomainError, Overloaded
+from service.health.controller import health
+from service.pricing.catalog import read_prices, sync_bundled_catalog
+from service.pricing.calculator import PriceBook
+from service.settings import Settings, get_settings
+from service.storage.clickhouse import ClickHouse
+from service.storage.migrations import migrate, pending
+from service.usage.controller import UsageEventController
+from service.usage.ingest import GroupCommitBuffer, Ingestor, PricingState
+from service.usage.repository import UsageRepository
+
+log = logging.getLogger("finops")
+PUBLIC_PATHS = ["^/health", "^/docs", "^/redoc", "^/openapi.json", "^/metrics"]
+
+
+def open_database(settings: Settings) -> ClickHouse:
+    db = ClickHouse(
+        settings.database.url,
+        settings.database.database,
+        pool_size=settings.database.pool_size,
+        max_overflow=settings.database.max_overflow,
+        query_timeout_s=settings.database.query_timeout_s,
+    )
+    db.open()
+    return db
+
+
+def load_price_book(db: ClickHouse, settings: Settings) -> PriceBook:
+    stored = read_prices(db)
+    return PriceBook.from_catalog(
+        [(s.price, s.version) for s in stored],
+        bedrock_default_region=settings.ingest.bedrock_default_region,
+    )
+
+
+def prepare_database(db: ClickHouse, settings: Settings, *, apply_migrations: bool) -> PriceBook:
+    """Migrate (if asked), load the bundled catalog, and return the price book."""
+    if apply_migrations:
+        for migration in migrate(db):
+            log.info("applied migration %s", migration.path.name)
+    if pending(db):
+        raise RuntimeError("migrations are pending: run `finops migrate`")
+    added, changed = sync_bundled_catalog(db)
+    if added or changed:
+        log.info("bundled price catalog: %d prices added, %d changed", added, changed)
+    return load_price_book(db, settings)
+
+
+class AppComponents:
+    """Everything the app wires at start-up, held on `app.state.components`."""
+
+    def __init__(self, db: ClickHouse, pricing: PricingState, buffer: GroupCommitBuffer, settings: Settings) -> None:
+        self.db = db
+        self.pricing = pricing
+        self.buffer = buffer
+        self.ingestor = Ingestor(pricing, buffer, settings.ingest)
+        self.repository = UsageRepository(db)
+
+
+def provide_ingestor(state: State) -> Ingestor:
+    return cast(AppComponents, state.components).ingestor
+
+
+def provide_repository(state: State) -> UsageRepository:
+    return cast(AppComponents, state.components).repository
+
+
+def provide_db(state: State) -> ClickHouse:
+    return cast(AppComponents, state.components).db
+
+
+def _error_body(status: int, detail: str, errors: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    body: dict[str, Any] = {"status_code": status, "detail": detail}
+    if errors:
+        body["errors"] = errors
+    return body
+
+
+def handle_domain_error(_: Request[Any, Any, Any], exc: DomainError) -> Response[dict[str, Any]]:
+    headers = {}
+    if isinstance(exc, Overloaded):
+        headers["Retry-After"] = str(exc.retry_after)
+    if exc.status_code == 401:
+        headers["WWW-Authenticate"] = "Bearer"
+    return Response(_error_body(exc.status_code, exc.detail, exc.errors), status_code=exc.status_code, headers=headers)
+
+
+def handle_http_exception(_: Request[Any, Any, Any], exc: HTTPException) -> Response[dict[str, Any]]:
+    status = exc.status_code
+    errors: list[dict[str, Any]] = []
+    if isinstance(exc, ValidationException):
+        status = 422
+        for item in exc.extra if isinstance(exc.extra, list) else []:
+            if isinstance(item, dict):
+                errors.append({"field": item.get("key"), "reason": item.get("message"), "source": item.get("source")})
+        if not errors and exc.detail.startswith("Malformed"):
+            status = 400
+    return Response(_error_body(status, exc.detail, errors), status_code=status, headers=exc.headers)
+
+
+def create_app(
+    settings: Settings | None = None, *, db: ClickHouse | None = None, apply_migrations: bool = True
+) -> Litestar:
+    """The API, ready to serve. Opens ClickHouse (unless given an open `db`, which it then
+    owns) and starts the ingest flusher on start-up."""
+    settings = settings or get_settings()
+    verifier = TokenVerifier(settings.auth.jwt_secret, settings.auth.jwt_algorithm)
+
+    @asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        nonlocal db
+        if db is None:
+            db = await anyio.to_thread.run_sync(open_database, settings)
+        try:
+            book = await anyio.to_thread.run_sync(
+                lambda: prepare_database(db, settings, apply_migrations=apply_migrations)
+            )
+            buffer = GroupCommitBuffer(db, settings.ingest)
+            buffer.start()
+            app.state.components = AppComponents(db, PricingState(book), buffer, settings)
+            log.info("finops-svc ready: %d prices loaded, ClickHouse at %s", len(book), _safe_url(db.url))
+            try:
+                yield
+            finally:
+                await buffer.stop()
+        finally:
+            await anyio.to_thread.run_sync(db.close)
+            db = None
+
+    return Litestar(
+        route_handlers=[UsageEventController, health],
+        lifespan=[lifespan],
+        dependencies={
+            "ingestor": Provide(provide_ingestor, sync_to_thread=False),
+            "repository": Provide(provide_repository, sync_to_thread=False),
+            "db": Provide(provide_db, sync_to_thread=False),
+        },
+        middleware=[DefineMiddleware(BearerTokenMiddleware, verifier=verifier, exclude=PUBLIC_PATHS)],
+        exception_handlers={DomainError: handle_domain_error, HTTPException: handle_http_exception},
+        openapi_config=OpenAPIConfig(
+            title="finops-svc",
+            version="0.1.0",
+            description="Cost metering and budget guard for AI inference calls.",
+            path="/",
+            render_plugins=[SwaggerRenderPlugin(path="/docs"), RedocRenderPlugin(path="/redoc")],
+            components=Components(
+                security_schemes={
+                    "BearerToken": SecurityScheme(
+                        type="http", scheme="bearer", bearer_format="JWT", description="Token from `finops token`."
+                    )
+                }
+            ),
+            security=[{"BearerToken": []}],
+        ),
+        request_max_body_size=32 * 1024 * 1024,
+    )
+
+
+def _safe_url(url: str) -> str:
+    """A URL without its password, for logs."""
+    from urllib.parse import urlparse
+
+    parsed = urlparse(url)
+    if parsed.password:
+        return url.replace(f":{parsed.password}@", ":***@")
+    return url

@@ -1,0 +1,1 @@
+"""JWT authentication, roles and tenant scoping."""

@@ -1,0 +1,34 @@
+"""Prometheus metrics with fixed, low-cardinality label names."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+CLICKHOUSE_QUERY_SECONDS = Histogram(
+    "finops_clickhouse_query_seconds",
+    "ClickHouse call latency by query label.",
+    ["label"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+CLICKHOUSE_ERRORS = Counter(
+    "finops_clickhouse_errors_total", "ClickHouse calls that raised, by query label.", ["label"]
+)
+INGEST_BUFFER_ROWS = Gauge("finops_ingest_buffer_rows", "Events waiting in the group-commit buffer.")
+INGEST_FLUSH_ROWS = Histogram(
+    "finops_ingest_flush_rows",
+    "Events written per group-commit INSERT.",
+    buckets=(1, 5, 10, 50, 100, 500, 1000, 5000, 10000, 50000),
+)
+INGEST_FLUSH_SECONDS = Histogram(
+    "finops_ingest_flush_seconds",
+    "Time to deduplicate and write one group-commit batch.",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+)
+INGEST_EVENTS = Counter(
+    "finops_ingest_events_total", "Events stored, by pricing status.", ["pricing_status"]
+)
+INGEST_DUPLICATES = Counter("finops_ingest_duplicates_total", "Events dropped as repeats of a stored event_id.")
+INGEST_REJECTED = Counter("finops_ingest_rejected_total", "Requests refused because the buffer was full.")
+UNPRICED_EVENTS = Counter(
+    "finops_unpriced_events_total", "Events stored without a price, by provider.", ["provider"]
+)

@@ -1,0 +1,1 @@
+"""Provider prices: the bundled catalog, its table, and the cost calculator."""

@@ -1,0 +1,128 @@
+"""Typed settings, each read once from a named environment variable."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+
+TRUE_VALUES = frozenset({"1", "true", "yes", "on"})
+FALSE_VALUES = frozenset({"0", "false", "no", "off", ""})
+
+
+class SettingsError(ValueError):
+    """An environment variable holds a value the service cannot use."""
+
+
+def _env(name: str, default: str) -> str:
+    return os.environ.get(name, default)
+
+
+def _bool(name: str, default: bool) -> bool:
+    raw = os.environ.get(name)
+    if raw is None:
+        return default
+    value = raw.strip().lower()
+    if value in TRUE_VALUES:
+        return True
+    if value in FALSE_VALUES:
+        return False
+    raise SettingsError(f"{name}={raw!r} is not a boolean (use true or false)")
+
+
+def _int(name: str, default: int, minimum: int = 0) -> int:
+    raw = os.environ.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError as exc:
+        raise SettingsError(f"{name}={raw!r} is not an integer") from exc
+    if value < minimum:
+        raise SettingsError(f"{name}={value} is below the minimum {minimum}")
+    return value
+
+
+def default_clickhouse_url() -> str:
+    """The embedded engine under ./data/clickhouse of the working directory."""
+    return "chdb://" + str(Path.cwd() / "data" / "clickhouse")
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    host: str = field(default_factory=lambda: _env("HOST", "127.0.0.1"))
+    """Address `finops serve` binds to (HOST)."""
+    port: int = field(default_factory=lambda: _int("PORT", 8080, minimum=1))
+    """Port `finops serve` listens on (PORT)."""
+    environment: str = field(default_factory=lambda: _env("FINOPS_ENV", "production"))
+    """`development` relaxes start-up checks such as a missing JWT_SECRET (FINOPS_ENV)."""
+    api_url: str = field(default_factory=lambda: _env("FINOPS_API_URL", "http://127.0.0.1:8080"))
+    """Where CLI commands look for a running service (FINOPS_API_URL)."""
+
+    @property
+    def development(self) -> bool:
+        return self.environment == "development"
+
+
+@dataclass(frozen=True)
+class DatabaseSettings:
+    url: str = field(default_factory=lambda: _env("CLICKHOUSE_URL", default_clickhouse_url()))
+    """`chdb:///abs/path` (embedded) or `http(s)://user:pass@host:8123/db` (CLICKHOUSE_URL)."""
+    database: str = field(default_factory=lambda: _env("CLICKHOUSE_DATABASE", "finops"))
+    """Database for the embedded engine, or when the URL names none (CLICKHOUSE_DATABASE)."""
+    pool_size: int = field(default_factory=lambda: _int("DATABASE_POOL_SIZE", 4, minimum=1))
+    """ClickHouse clients kept open for concurrent queries (DATABASE_POOL_SIZE)."""
+    max_overflow: int = field(default_factory=lambda: _int("DATABASE_MAX_OVERFLOW", 4))
+    """Extra short-lived clients allowed under load beyond the pool (DATABASE_MAX_OVERFLOW)."""
+    query_timeout_s: int = field(default_factory=lambda: _int("CLICKHOUSE_QUERY_TIMEOUT", 30, minimum=1))
+    """Per-query execution limit in seconds (CLICKHOUSE_QUERY_TIMEOUT)."""
+
+
+@dataclass(frozen=True)
+class AuthSettings:
+    jwt_secret: str = field(default_factory=lambda: _env("JWT_SECRET", ""))
+    """HMAC secret for signing and verifying tokens (JWT_SECRET). Required outside development."""
+    jwt_algorithm: str = field(default_factory=lambda: _env("JWT_ALGORITHM", "HS256"))
+    """JWT_ALGORITHM: HS256, HS384 or HS512."""
+    jwt_expiration_minutes: int = field(
+        default_factory=lambda: _int("JWT_EXPIRATION_MINUTES", 60, minimum=1)
+    )
+    """Lifetime of tokens issued by `finops token` (JWT_EXPIRATION_MINUTES)."""
+
+
+@dataclass(frozen=True)
+class IngestSettings:
+    flush_interval_ms: int = field(default_factory=lambda: _int("INGEST_FLUSH_INTERVAL_MS", 5, minimum=0))
+    """How long the idle flusher gathers rows after the first arrives before it writes; at most 50
+    (INGEST_FLUSH_INTERVAL_MS). Rows that arrive while a write runs form the next batch."""
+    flush_max_rows: int = field(default_factory=lambda: _int("INGEST_FLUSH_MAX_ROWS", 20000, minimum=1))
+    """Rows per INSERT at most; a single batch request is never split (INGEST_FLUSH_MAX_ROWS)."""
+    buffer_max_rows: int = field(default_factory=lambda: _int("INGEST_BUFFER_MAX_ROWS", 100000, minimum=1))
+    """Rows waiting for a write at most; beyond it requests get 503 (INGEST_BUFFER_MAX_ROWS)."""
+    max_batch_events: int = field(default_factory=lambda: _int("INGEST_MAX_BATCH_EVENTS", 10000, minimum=1))
+    """Events accepted in one POST /usage-events/batch (INGEST_MAX_BATCH_EVENTS)."""
+    bedrock_default_region: str = field(default_factory=lambda: _env("BEDROCK_DEFAULT_REGION", "us-east-1"))
+    """Region used to price Bedrock events that name none (BEDROCK_DEFAULT_REGION)."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    server: ServerSettings = field(default_factory=ServerSettings)
+    database: DatabaseSettings = field(default_factory=DatabaseSettings)
+    auth: AuthSettings = field(default_factory=AuthSettings)
+    ingest: IngestSettings = field(default_factory=IngestSettings)
+    redis_url: str = field(default_factory=lambda: _env("REDIS_URL", ""))
+    """Redis for arq job queues and shared state; empty runs everything in-process (REDIS_URL)."""
+    prometheus_metrics_enabled: bool = field(default_factory=lambda: _bool("PROMETHEUS_METRICS_ENABLED", True))
+    """Serve GET /metrics (PROMETHEUS_METRICS_ENABLED)."""
+
+    @classmethod
+    def from_env(cls) -> Settings:
+        return cls()
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """Settings loaded once per process."""
+    return Settings.from_env()

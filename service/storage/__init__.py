@@ -1,0 +1,1 @@
+"""ClickHouse storage: the one client module and the migration runner."""

@@ -1,0 +1,1 @@
+"""Usage events: validation, pricing, group-commit ingest and reads."""

@@ -1,0 +1,466 @@
+"""From request bytes to stored rows: validate, price, deduplicate, group-commit.
+
+`Ingestor` is the one ingest path: the API handlers and `finops demo` use it.
+`GroupCommitBuffer` gathers events from concurrent requests and writes them
+with one INSERT per batch window; a request is answered only after its rows
+are written (a 2xx means stored). Repeated `event_id`s are dropped before the
+INSERT, because the materialized views count whatever reaches `usage_events`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+import anyio.to_thread
+import msgspec
+
+from service.auth.principal import Principal
+from service.errors import InvalidInput, MalformedRequest, Overloaded
+from service.metrics import (
+    INGEST_BUFFER_ROWS,
+    INGEST_DUPLICATES,
+    INGEST_EVENTS,
+    INGEST_FLUSH_ROWS,
+    INGEST_FLUSH_SECONDS,
+    INGEST_REJECTED,
+    UNPRICED_EVENTS,
+)
+from service.money import money_str, parse_money
+from service.pricing.calculator import PriceBook
+from service.settings import IngestSettings
+from service.storage.clickhouse import ClickHouse
+from service.usage.schemas import (
+    BatchItemResult,
+    BatchResult,
+    UsageBatchIn,
+    UsageEvent,
+    UsageEventIn,
+)
+
+MAX_FUTURE_SKEW = timedelta(minutes=5)
+_MSGSPEC_PATH = re.compile(r"^(?P<reason>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.DOTALL)
+
+EVENT_COLUMNS: tuple[str, ...] = (
+    "event_id",
+    "event_time",
+    "received_at",
+    "tenant_id",
+    "service",
+    "learner_id",
+    "provider",
+    "model",
+    "region",
+    "input_tokens",
+    "output_tokens",
+    "cached_input_tokens",
+    "cache_write_tokens",
+    "input_characters",
+    "output_characters",
+    "images",
+    "batch",
+    "cost_usd",
+    "pricing_status",
+    "price_version",
+    "metadata",
+)
+
+_event_decoder = msgspec.json.Decoder(UsageEventIn)
+_batch_decoder = msgspec.json.Decoder(UsageBatchIn)
+
+
+def problem_from_msgspec(exc: msgspec.ValidationError, index: int | None = None) -> dict[str, Any]:
+    """{"index"?, "field", "reason"} from msgspec's `reason - at `$.path`` message."""
+    match = _MSGSPEC_PATH.match(str(exc))
+    reason = match.group("reason") if match else str(exc)
+    path = (match.group("path") if match else None) or ""
+    problem: dict[str, Any] = {"field": path.lstrip(".") or None, "reason": reason}
+    if problem["field"] is None and reason.startswith("Object missing required field"):
+        problem["field"] = reason.split("`")[1]
+    if index is not None:
+        problem = {"index": index, **problem}
+    return problem
+
+
+def decode_event(body: bytes) -> UsageEventIn:
+    try:
+        return _event_decoder.decode(body)
+    except msgspec.ValidationError as exc:
+        problem = problem_from_msgspec(exc)
+        raise InvalidInput(f"invalid usage event: {problem['reason']}", errors=[problem]) from exc
+    except msgspec.DecodeError as exc:
+        raise MalformedRequest(f"body is not valid JSON: {exc}") from exc
+
+
+def decode_batch(body: bytes, max_events: int) -> list[UsageEventIn]:
+    """Every item decoded; all problems reported together, nothing half-accepted."""
+    try:
+        batch = _batch_decoder.decode(body)
+    except msgspec.ValidationError as exc:
+        problem = problem_from_msgspec(exc)
+        raise InvalidInput(f"invalid batch: {problem['reason']}", errors=[problem]) from exc
+    except msgspec.DecodeError as exc:
+        raise MalformedRequest(f"body is not valid JSON: {exc}") from exc
+    if not batch.events:
+        raise InvalidInput("events is empty", errors=[{"field": "events", "reason": "at least one event"}])
+    if len(batch.events) > max_events:
+        raise InvalidInput(
+            f"batch has {len(batch.events)} events; the limit is {max_events}",
+            errors=[{"field": "events", "reason": f"at most {max_events} events per batch"}],
+        )
+    items: list[UsageEventIn] = []
+    problems: list[dict[str, Any]] = []
+    for index, raw in enumerate(batch.events):
+        try:
+            items.append(_event_decoder.decode(raw))
+        except msgspec.ValidationError as exc:
+            problems.append(problem_from_msgspec(exc, index))
+    if problems:
+        raise InvalidInput(f"{len(problems)} of {len(batch.events)} events are invalid; none stored", errors=problems)
+    return items
+
+
+class PricingState:
+    """The current price book; swapped whole when prices change."""
+
+    def __init__(self, book: PriceBook) -> None:
+        self.book = book
+
+
+class Ingestor:
+    """Validates, prices and stores usage events for one caller at a time."""
+
+    def __init__(self, pricing: PricingState, buffer: GroupCommitBuffer, settings: IngestSettings) -> None:
+        self.pricing = pricing
+        self.buffer = buffer
+        self.settings = settings
+
+    def prepare(self, item: UsageEventIn, principal: Principal, now: datetime, index: int | None = None) -> UsageEvent:
+        """Check the rules a schema cannot express, and price the event."""
+        tenant = principal.write_tenant(item.tenant_id)
+        problems: list[dict[str, Any]] = []
+        timestamp = _to_millis(item.timestamp.astimezone(UTC) if item.timestamp else now)
+        if timestamp - now > MAX_FUTURE_SKEW:
+            problems.append({"field": "timestamp", "reason": "more than 5 minutes in the future"})
+        if item.cached_input_tokens + item.cache_write_tokens > item.input_tokens:
+            problems.append(
+                {
+                    "field": "cached_input_tokens",
+                    "reason": "cached_input_tokens + cache_write_tokens exceed input_tokens "
+                    "(input_tokens is the whole prompt, cache reads and writes included)",
+                }
+            )
+        provided = None
+        if item.cost_usd is not None:
+            try:
+                provided = parse_money(item.cost_usd)
+            except ValueError as exc:
+                problems.append({"field": "cost_usd", "reason": str(exc)})
+        if problems:
+            if index is not None:
+                problems = [{"index": index, **p} for p in problems]
+            raise InvalidInput("invalid usage event: " + problems[0]["reason"], errors=problems)
+
+        price_version = None
+        if provided is not None:
+            cost = provided
+            status = "provided"
+        else:
+            price = self.pricing.book.price_for(item.provider, item.model, item.region, timestamp)
+            cost = price.cost(item) if price is not None else None
+            if cost is None:
+                status = "unpriced"
+            else:
+                status = "priced"
+                price_version = price.version_id if price is not None else None
+        return UsageEvent(
+            event_id=item.event_id or str(uuid.uuid4()),
+            timestamp=timestamp,
+            received_at=now,
+            tenant_id=tenant,
+            service=item.service,
+            learner_id=item.learner_id,
+            provider=item.provider,
+            model=item.model,
+            region=item.region,
+            input_tokens=item.input_tokens,
+            output_tokens=item.output_tokens,
+            cached_input_tokens=item.cached_input_tokens,
+            cache_write_tokens=item.cache_write_tokens,
+            input_characters=item.input_characters,
+            output_characters=item.output_characters,
+            images=item.images,
+            batch=item.batch,
+            cost_usd=None if cost is None else money_str(cost),
+            pricing_status=status,  # type: ignore[arg-type]
+            price_version=price_version,
+            metadata=item.metadata or {},
+        )
+
+    async def record(self, item: UsageEventIn, principal: Principal) -> tuple[UsageEvent, bool]:
+        """Store one event; returns (stored event, whether it was a repeat)."""
+        event = self.prepare(item, principal, _to_millis(datetime.now(UTC)))
+        [outcome] = await self.buffer.submit([event])
+        return outcome
+
+    async def record_many(self, items: Sequence[UsageEventIn], principal: Principal) -> BatchResult:
+        """Store a batch all-or-nothing: any invalid item rejects the whole batch."""
+        now = _to_millis(datetime.now(UTC))
+        events: list[UsageEvent] = []
+        problems: list[dict[str, Any]] = []
+        for index, item in enumerate(items):
+            try:
+                events.append(self.prepare(item, principal, now, index))
+            except InvalidInput as exc:
+                problems.extend(exc.errors)
+        if problems:
+            raise InvalidInput(
+                f"{len({p.get('index') for p in problems})} of {len(items)} events are invalid; none stored",
+                errors=problems,
+            )
+        outcomes = await self.buffer.submit(events)
+        results = [
+            BatchItemResult(stored.event_id, stored.cost_usd, stored.pricing_status, duplicate)
+            for stored, duplicate in outcomes
+        ]
+        duplicates = sum(1 for r in results if r.duplicate)
+        return BatchResult(accepted=len(results) - duplicates, duplicates=duplicates, events=results)
+
+
+@dataclass
+class _Pending:
+    events: list[UsageEvent]
+    future: asyncio.Future[list[tuple[UsageEvent, bool]]]
+    enqueued: float = field(default_factory=time.perf_counter)
+
+
+class GroupCommitBuffer:
+    """One flusher task writes every buffered event; requests wait for their write."""
+
+    def __init__(self, db: ClickHouse, settings: IngestSettings) -> None:
+        self.db = db
+        self.settings = settings
+        self._queue: list[_Pending] = []
+        self._rows = 0
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+
+    @property
+    def depth(self) -> int:
+        return self._rows
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="ingest-flusher")
+
+    async def stop(self) -> None:
+        """Write what is buffered, then stop."""
+        self._closing = True
+        self._wake.set()
+        if self._task is not None:
+            await self._task
+            self._task = None
+
+    async def submit(self, events: list[UsageEvent]) -> list[tuple[UsageEvent, bool]]:
+        if self._closing or self._task is None:
+            raise Overloaded("the service is shutting down", retry_after=5)
+        if self._rows + len(events) > self.settings.buffer_max_rows:
+            INGEST_REJECTED.inc()
+            raise Overloaded("ingest buffer is full; retry shortly", retry_after=1)
+        pending = _Pending(events, asyncio.get_running_loop().create_future())
+        self._queue.append(pending)
+        self._rows += len(events)
+        INGEST_BUFFER_ROWS.set(self._rows)
+        self._wake.set()
+        return await pending.future
+
+    async def _run(self) -> None:
+        interval = min(self.settings.flush_interval_ms, 50) / 1000
+        while True:
+            if not self._queue:
+                if self._closing:
+                    return
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            if interval and self._rows < self.settings.flush_max_rows and not self._closing:
+                await asyncio.sleep(interval)
+            batch = self._take()
+            events = [event for pending in batch for event in pending.events]
+            try:
+                outcomes = await anyio.to_thread.run_sync(self._write, events)
+            except Exception as exc:  # every waiting request learns its write failed
+                for pending in batch:
+                    if not pending.future.done():
+                        pending.future.set_exception(exc)
+                continue
+            finally:
+                self._rows -= len(events)
+                INGEST_BUFFER_ROWS.set(self._rows)
+            start = 0
+            for pending in batch:
+                end = start + len(pending.events)
+                if not pending.future.done():
+                    pending.future.set_result(outcomes[start:end])
+                start = end
+
+    def _take(self) -> list[_Pending]:
+        """Whole requests up to the row cap (always at least one request)."""
+        taken: list[_Pending] = []
+        rows = 0
+        while self._queue:
+            size = len(self._queue[0].events)
+            if taken and rows + size > self.settings.flush_max_rows:
+                break
+            taken.append(self._queue.pop(0))
+            rows += size
+        return taken
+
+    def _write(self, events: list[UsageEvent]) -> list[tuple[UsageEvent, bool]]:
+        """Drop repeats, INSERT the rest once; runs on a worker thread."""
+        started = time.perf_counter()
+        first: dict[tuple[str, str], UsageEvent] = {}
+        for event in events:
+            first.setdefault((event.tenant_id, event.event_id), event)
+        stored = find_stored(self.db, list(first))
+        fresh = [event for key, event in first.items() if key not in stored]
+        if fresh:
+            self.db.insert(
+                "usage_events",
+                _columns(fresh),
+                EVENT_COLUMNS,
+                column_oriented=True,
+                label="usage.insert",
+            )
+        outcomes: list[tuple[UsageEvent, bool]] = []
+        for event in events:
+            key = (event.tenant_id, event.event_id)
+            original = stored.get(key) or first[key]
+            outcomes.append((original, original is not event))
+        duplicates = len(events) - len(fresh)
+        if duplicates:
+            INGEST_DUPLICATES.inc(duplicates)
+        for event in fresh:
+            INGEST_EVENTS.labels(event.pricing_status).inc()
+            if event.pricing_status == "unpriced":
+                UNPRICED_EVENTS.labels(event.provider).inc()
+        INGEST_FLUSH_ROWS.observe(len(fresh))
+        INGEST_FLUSH_SECONDS.observe(time.perf_counter() - started)
+        return outcomes
+
+
+def _columns(events: list[UsageEvent]) -> list[list[Any]]:
+    return [
+        [e.event_id for e in events],
+        [e.timestamp for e in events],
+        [e.received_at for e in events],
+        [e.tenant_id for e in events],
+        [e.service for e in events],
+        [e.learner_id or "" for e in events],
+        [e.provider for e in events],
+        [e.model for e in events],
+        [e.region or "" for e in events],
+        [e.input_tokens for e in events],
+        [e.output_tokens for e in events],
+        [e.cached_input_tokens for e in events],
+        [e.cache_write_tokens for e in events],
+        [e.input_characters for e in events],
+        [e.output_characters for e in events],
+        [e.images for e in events],
+        [e.batch for e in events],
+        [None if e.cost_usd is None else Decimal(e.cost_usd) for e in events],
+        [e.pricing_status for e in events],
+        [e.price_version or "" for e in events],
+        [e.metadata for e in events],
+    ]
+
+
+SELECT_EVENT = (
+    "SELECT event_id, event_time, received_at, tenant_id, service, learner_id, provider, model, region, "
+    "input_tokens, output_tokens, cached_input_tokens, cache_write_tokens, input_characters, "
+    "output_characters, images, batch, toString(cost_usd) AS cost, pricing_status, price_version, metadata "
+    "FROM usage_events"
+)
+
+
+def event_from_row(row: Sequence[Any]) -> UsageEvent:
+    cost = row[17]
+    return UsageEvent(
+        event_id=row[0],
+        timestamp=_utc(row[1]),
+        received_at=_utc(row[2]),
+        tenant_id=row[3],
+        service=row[4],
+        learner_id=row[5] or None,
+        provider=row[6],
+        model=row[7],
+        region=row[8] or None,
+        input_tokens=row[9],
+        output_tokens=row[10],
+        cached_input_tokens=row[11],
+        cache_write_tokens=row[12],
+        input_characters=row[13],
+        output_characters=row[14],
+        images=row[15],
+        batch=bool(row[16]),
+        cost_usd=None if cost is None or cost == "\\N" else _trim(cost),
+        pricing_status=row[18],
+        price_version=row[19] or None,
+        metadata=dict(row[20]),
+    )
+
+
+def _trim(text: str) -> str:
+    return money_str(Decimal(text))
+
+
+def _to_millis(value: datetime) -> datetime:
+    """Times are stored as DateTime64(3): answer with what is stored."""
+    return value.replace(microsecond=value.microsecond - value.microsecond % 1000)
+
+
+def _utc(value: datetime) -> datetime:
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def find_stored(db: ClickHouse, keys: list[tuple[str, str]]) -> dict[tuple[str, str], UsageEvent]:
+    """Already-stored events among (tenant_id, event_id) keys."""
+    if not keys:
+        return {}
+    tenants = sorted({tenant for tenant, _ in keys})
+    ids = [event_id for _, event_id in keys]
+    wanted = set(keys)
+    hits = db.query(
+        "SELECT tenant_id, event_id, min(event_time) FROM usage_event_keys "
+        "WHERE tenant_id IN {tenants:Array(String)} AND event_id IN {ids:Array(String)} "
+        "GROUP BY tenant_id, event_id",
+        {"tenants": tenants, "ids": ids},
+        label="usage.dedup_keys",
+    )
+    found = [(tenant, event_id, when) for tenant, event_id, when in hits if (tenant, event_id) in wanted]
+    if not found:
+        return {}
+    rows = db.query(
+        SELECT_EVENT + " WHERE record_type = 'usage' AND tenant_id IN {tenants:Array(String)} "
+        "AND event_id IN {ids:Array(String)} AND event_time IN {times:Array(DateTime64(3, 'UTC'))} "
+        "ORDER BY received_at LIMIT 1 BY tenant_id, event_id",
+        {
+            "tenants": sorted({f[0] for f in found}),
+            "ids": [f[1] for f in found],
+            "times": [_utc(f[2]) for f in found],
+        },
+        label="usage.dedup_originals",
+    )
+    result: dict[tuple[str, str], UsageEvent] = {}
+    for row in rows:
+        key = (row[3], row[0])
+        if key in wanted:
+            result[key] = event_from_row(row)
+    return result

@@ -1,0 +1,102 @@
+"""Shared fixtures: a real embedded ClickHouse (chDB), fresh databases, tokens."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from litestar.testing import TestClient
+
+from service.app import create_app
+from service.auth.principal import Role
+from service.auth.tokens import issue_token
+from service.settings import AuthSettings, DatabaseSettings, IngestSettings, Settings
+from service.storage.clickhouse import ClickHouse
+from service.storage.migrations import migrate
+
+JWT_SECRET = "test-secret-0123456789abcdef0123456789abcdef"
+
+
+@pytest.fixture(scope="session")
+def chdb_url(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """One embedded engine path for the whole session (chDB allows one per process)."""
+    path: Path = tmp_path_factory.mktemp("clickhouse")
+    return f"chdb://{path}"
+
+
+def fresh_database_name() -> str:
+    return f"test_{uuid.uuid4().hex[:12]}"
+
+
+def make_settings(url: str, database: str, **ingest: int) -> Settings:
+    return Settings(
+        database=DatabaseSettings(url=url, database=database, pool_size=2, max_overflow=2, query_timeout_s=30),
+        auth=AuthSettings(jwt_secret=JWT_SECRET, jwt_algorithm="HS256", jwt_expiration_minutes=60),
+        ingest=IngestSettings(**ingest) if ingest else IngestSettings(),
+        redis_url="",
+        prometheus_metrics_enabled=True,
+    )
+
+
+@pytest.fixture
+def settings(chdb_url: str) -> Settings:
+    """Settings on a fresh database of the session's embedded engine."""
+    return make_settings(chdb_url, fresh_database_name())
+
+
+@pytest.fixture
+def db(settings: Settings) -> Iterator[ClickHouse]:
+    """A migrated, empty database on the embedded engine."""
+    database = ClickHouse(settings.database.url, settings.database.database, pool_size=2)
+    migrate(database)
+    yield database
+    database.close()
+
+
+@pytest.fixture
+def client(settings: Settings) -> Iterator[TestClient]:  # type: ignore[type-arg]
+    """The whole app (lifespan included) on a fresh database."""
+    with TestClient(app=create_app(settings)) as test_client:
+        yield test_client
+
+
+@pytest.fixture
+def token() -> Callable[..., str]:
+    def make(role: str, tenant: str | None = None, minutes: int = 60) -> str:
+        return issue_token(JWT_SECRET, role=Role(role), tenant_id=tenant, minutes=minutes)
+
+    return make
+
+
+@pytest.fixture
+def auth(token: Callable[..., str]) -> Callable[..., dict[str, str]]:
+    """Authorization headers for a role (and tenant)."""
+
+    def make(role: str, tenant: str | None = None) -> dict[str, str]:
+        return {"Authorization": f"Bearer {token(role, tenant)}"}
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def clickhouse_server_url() -> Iterator[str]:
+    """A ClickHouse server: CLICKHOUSE_TEST_URL, else testcontainers when Docker answers, else skip."""
+    url = os.environ.get("CLICKHOUSE_TEST_URL")
+    if url:
+        yield url
+        return
+    try:
+        import docker
+
+        docker.from_env(timeout=3).ping()
+    except Exception as exc:
+        pytest.skip(f"no ClickHouse server: set CLICKHOUSE_TEST_URL or run a Docker engine ({type(exc).__name__})")
+    from testcontainers.clickhouse import ClickHouseContainer
+
+    with ClickHouseContainer("clickhouse/clickhouse-server:24.8") as container:
+        host = container.get_container_host_ip()
+        port = container.get_exposed_port(8123)
+        yield f"http://{container.username}:{container.password}@{host}:{port}/default"
