@@ -9,6 +9,7 @@ from typing import Any, cast
 
 import anyio.to_thread
 from litestar import Litestar, Request, Response
+from litestar._openapi.plugin import OpenAPIPlugin
 from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.exceptions import HTTPException, ValidationException
@@ -21,14 +22,16 @@ from service.auth.guards import BearerTokenMiddleware
 from service.auth.tokens import TokenVerifier
 from service.errors import DomainError, Overloaded
 from service.health.controller import health
-from service.pricing.catalog import read_prices, sync_bundled_catalog
+from service.openapi import component_schemas
 from service.pricing.calculator import PriceBook
+from service.pricing.catalog import read_prices, sync_bundled_catalog
 from service.settings import Settings, get_settings
 from service.storage.clickhouse import ClickHouse
 from service.storage.migrations import migrate, pending
 from service.usage.controller import UsageEventController
 from service.usage.ingest import GroupCommitBuffer, Ingestor, PricingState
 from service.usage.repository import UsageRepository
+from service.usage.schemas import UsageBatchDoc, UsageEventIn
 
 log = logging.getLogger("finops")
 PUBLIC_PATHS = ["^/health", "^/docs", "^/redoc", "^/openapi.json", "^/metrics"]
@@ -70,7 +73,9 @@ def prepare_database(db: ClickHouse, settings: Settings, *, apply_migrations: bo
 class AppComponents:
     """Everything the app wires at start-up, held on `app.state.components`."""
 
-    def __init__(self, db: ClickHouse, pricing: PricingState, buffer: GroupCommitBuffer, settings: Settings) -> None:
+    def __init__(
+        self, db: ClickHouse, pricing: PricingState, buffer: GroupCommitBuffer, settings: Settings
+    ) -> None:
         self.db = db
         self.pricing = pricing
         self.buffer = buffer
@@ -103,7 +108,9 @@ def handle_domain_error(_: Request[Any, Any, Any], exc: DomainError) -> Response
         headers["Retry-After"] = str(exc.retry_after)
     if exc.status_code == 401:
         headers["WWW-Authenticate"] = "Bearer"
-    return Response(_error_body(exc.status_code, exc.detail, exc.errors), status_code=exc.status_code, headers=headers)
+    return Response(
+        _error_body(exc.status_code, exc.detail, exc.errors), status_code=exc.status_code, headers=headers
+    )
 
 
 def handle_http_exception(_: Request[Any, Any, Any], exc: HTTPException) -> Response[dict[str, Any]]:
@@ -113,7 +120,9 @@ def handle_http_exception(_: Request[Any, Any, Any], exc: HTTPException) -> Resp
         status = 422
         for item in exc.extra if isinstance(exc.extra, list) else []:
             if isinstance(item, dict):
-                errors.append({"field": item.get("key"), "reason": item.get("message"), "source": item.get("source")})
+                errors.append(
+                    {"field": item.get("key"), "reason": item.get("message"), "source": item.get("source")}
+                )
         if not errors and exc.detail.startswith("Malformed"):
             status = 400
     return Response(_error_body(status, exc.detail, errors), status_code=status, headers=exc.headers)
@@ -129,26 +138,25 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
-        nonlocal db
-        if db is None:
-            db = await anyio.to_thread.run_sync(open_database, settings)
+        database = db if db is not None else await anyio.to_thread.run_sync(open_database, settings)
         try:
             book = await anyio.to_thread.run_sync(
-                lambda: prepare_database(db, settings, apply_migrations=apply_migrations)
+                lambda: prepare_database(database, settings, apply_migrations=apply_migrations)
             )
-            buffer = GroupCommitBuffer(db, settings.ingest)
+            buffer = GroupCommitBuffer(database, settings.ingest)
             buffer.start()
-            app.state.components = AppComponents(db, PricingState(book), buffer, settings)
-            log.info("finops-svc ready: %d prices loaded, ClickHouse at %s", len(book), _safe_url(db.url))
+            app.state.components = AppComponents(database, PricingState(book), buffer, settings)
+            log.info(
+                "finops-svc ready: %d prices loaded, ClickHouse at %s", len(book), _safe_url(database.url)
+            )
             try:
                 yield
             finally:
                 await buffer.stop()
         finally:
-            await anyio.to_thread.run_sync(db.close)
-            db = None
+            await anyio.to_thread.run_sync(database.close)
 
-    return Litestar(
+    app = Litestar(
         route_handlers=[UsageEventController, health],
         lifespan=[lifespan],
         dependencies={
@@ -167,14 +175,23 @@ def create_app(
             components=Components(
                 security_schemes={
                     "BearerToken": SecurityScheme(
-                        type="http", scheme="bearer", bearer_format="JWT", description="Token from `finops token`."
+                        type="http",
+                        scheme="bearer",
+                        bearer_format="JWT",
+                        description="Token from `finops token`.",
                     )
-                }
+                },
             ),
             security=[{"BearerToken": []}],
         ),
         request_max_body_size=32 * 1024 * 1024,
     )
+    # Bodies decoded by the handlers themselves are documented from their msgspec Structs.
+    openapi = app.plugins.get(OpenAPIPlugin).provide_openapi()
+    if openapi.components.schemas is None:
+        openapi.components.schemas = {}
+    openapi.components.schemas.update(component_schemas(UsageEventIn, UsageBatchDoc))  # type: ignore[arg-type]
+    return app
 
 
 def _safe_url(url: str) -> str:

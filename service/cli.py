@@ -45,8 +45,12 @@ def with_jwt_secret(settings: Settings) -> Settings:
             "JWT_SECRET is not set. Set it to a long random value (e.g. `openssl rand -hex 32`), "
             "or run with FINOPS_ENV=development for a local development secret."
         )
-    log.warning("FINOPS_ENV=development: using the built-in development JWT_SECRET; never use it in production")
-    return dataclasses.replace(settings, auth=dataclasses.replace(settings.auth, jwt_secret=DEVELOPMENT_SECRET))
+    log.warning(
+        "FINOPS_ENV=development: using the built-in development JWT_SECRET; never use it in production"
+    )
+    return dataclasses.replace(
+        settings, auth=dataclasses.replace(settings.auth, jwt_secret=DEVELOPMENT_SECRET)
+    )
 
 
 def api_answers(api_url: str) -> bool:
@@ -141,7 +145,9 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def _demo_through_api(settings: Settings, events: Iterator[UsageEventIn], total: int, batch_size: int) -> tuple[int, int]:
+def _demo_through_api(
+    settings: Settings, events: Iterator[UsageEventIn], total: int, batch_size: int
+) -> tuple[int, int]:
     token = issue_token(settings.auth.jwt_secret, role=Role.SERVICE, subject="finops-demo", minutes=60)
     stored = duplicates = 0
     url = settings.server.api_url.rstrip("/") + "/usage-events/batch"
@@ -154,14 +160,19 @@ def _demo_through_api(settings: Settings, events: Iterator[UsageEventIn], total:
         def send() -> None:
             nonlocal stored, duplicates
             response = client.post(
-                url, content=msgspec.json.encode({"events": batch}), headers={"Content-Type": "application/json"}
+                url,
+                content=msgspec.json.encode({"events": batch}),
+                headers={"Content-Type": "application/json"},
             )
             if response.status_code == 401:
                 raise CommandError(
-                    "the running service refused the demo token (401): its JWT_SECRET differs from this shell's"
+                    "the running service refused the demo token (401): "
+                    "its JWT_SECRET differs from this shell's"
                 )
             if response.status_code >= 300:
-                raise CommandError(f"POST /usage-events/batch answered {response.status_code}: {response.text[:300]}")
+                raise CommandError(
+                    f"POST /usage-events/batch answered {response.status_code}: {response.text[:300]}"
+                )
             body = response.json()
             stored += body["accepted"]
             duplicates += body["duplicates"]
@@ -177,9 +188,12 @@ def _demo_through_api(settings: Settings, events: Iterator[UsageEventIn], total:
     return stored, duplicates
 
 
-def _demo_in_process(settings: Settings, events: Iterator[UsageEventIn], total: int, batch_size: int) -> tuple[int, int]:
+def _demo_in_process(
+    settings: Settings, events: Iterator[UsageEventIn], total: int, batch_size: int
+) -> tuple[int, int]:
     from service.app import open_database, prepare_database
     from service.usage.ingest import GroupCommitBuffer, Ingestor, PricingState
+
     try:
         db = open_database(settings)
     except DataPathInUse as exc:

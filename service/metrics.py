@@ -24,10 +24,10 @@ INGEST_FLUSH_SECONDS = Histogram(
     "Time to deduplicate and write one group-commit batch.",
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
 )
-INGEST_EVENTS = Counter(
-    "finops_ingest_events_total", "Events stored, by pricing status.", ["pricing_status"]
+INGEST_EVENTS = Counter("finops_ingest_events_total", "Events stored, by pricing status.", ["pricing_status"])
+INGEST_DUPLICATES = Counter(
+    "finops_ingest_duplicates_total", "Events dropped as repeats of a stored event_id."
 )
-INGEST_DUPLICATES = Counter("finops_ingest_duplicates_total", "Events dropped as repeats of a stored event_id.")
 INGEST_REJECTED = Counter("finops_ingest_rejected_total", "Requests refused because the buffer was full.")
 UNPRICED_EVENTS = Counter(
     "finops_unpriced_events_total", "Events stored without a price, by provider.", ["provider"]

@@ -11,8 +11,7 @@ def money_str(value: Decimal) -> str:
     """Plain decimal notation without trailing zeros: 0.00045, 12, 0."""
     if value.is_zero():
         return "0"
-    text = format(value.normalize(), "f")
-    return text
+    return format(value.normalize(), "f")
 
 
 def parse_money(text: str) -> Decimal:

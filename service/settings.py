@@ -85,9 +85,7 @@ class AuthSettings:
     """HMAC secret for signing and verifying tokens (JWT_SECRET). Required outside development."""
     jwt_algorithm: str = field(default_factory=lambda: _env("JWT_ALGORITHM", "HS256"))
     """JWT_ALGORITHM: HS256, HS384 or HS512."""
-    jwt_expiration_minutes: int = field(
-        default_factory=lambda: _int("JWT_EXPIRATION_MINUTES", 60, minimum=1)
-    )
+    jwt_expiration_minutes: int = field(default_factory=lambda: _int("JWT_EXPIRATION_MINUTES", 60, minimum=1))
     """Lifetime of tokens issued by `finops token` (JWT_EXPIRATION_MINUTES)."""
 
 
@@ -114,7 +112,9 @@ class Settings:
     ingest: IngestSettings = field(default_factory=IngestSettings)
     redis_url: str = field(default_factory=lambda: _env("REDIS_URL", ""))
     """Redis for arq job queues and shared state; empty runs everything in-process (REDIS_URL)."""
-    prometheus_metrics_enabled: bool = field(default_factory=lambda: _bool("PROMETHEUS_METRICS_ENABLED", True))
+    prometheus_metrics_enabled: bool = field(
+        default_factory=lambda: _bool("PROMETHEUS_METRICS_ENABLED", True)
+    )
     """Serve GET /metrics (PROMETHEUS_METRICS_ENABLED)."""
 
     @classmethod

@@ -33,7 +33,9 @@ def fresh_database_name() -> str:
 
 def make_settings(url: str, database: str, **ingest: int) -> Settings:
     return Settings(
-        database=DatabaseSettings(url=url, database=database, pool_size=2, max_overflow=2, query_timeout_s=30),
+        database=DatabaseSettings(
+            url=url, database=database, pool_size=2, max_overflow=2, query_timeout_s=30
+        ),
         auth=AuthSettings(jwt_secret=JWT_SECRET, jwt_algorithm="HS256", jwt_expiration_minutes=60),
         ingest=IngestSettings(**ingest) if ingest else IngestSettings(),
         redis_url="",
@@ -93,7 +95,9 @@ def clickhouse_server_url() -> Iterator[str]:
 
         docker.from_env(timeout=3).ping()
     except Exception as exc:
-        pytest.skip(f"no ClickHouse server: set CLICKHOUSE_TEST_URL or run a Docker engine ({type(exc).__name__})")
+        pytest.skip(
+            f"no ClickHouse server: set CLICKHOUSE_TEST_URL or run a Docker engine ({type(exc).__name__})"
+        )
     from testcontainers.clickhouse import ClickHouseContainer
 
     with ClickHouseContainer("clickhouse/clickhouse-server:24.8") as container:

@@ -7,6 +7,7 @@ from typing import Any
 import anyio.to_thread
 import msgspec
 from litestar import Response, get
+from litestar.di import NamedDependency
 
 from service.errors import StorageUnavailable
 from service.storage.clickhouse import ClickHouse
@@ -23,7 +24,7 @@ class Health(msgspec.Struct):
     components: dict[str, ComponentHealth]
 
 
-def check_clickhouse(db: ClickHouse) -> dict[str, ComponentHealth]:
+def check_clickhouse(db: NamedDependency[ClickHouse]) -> dict[str, ComponentHealth]:
     try:
         db.query("SELECT 1", label="health.ping")
     except StorageUnavailable as exc:
@@ -53,7 +54,7 @@ def check_clickhouse(db: ClickHouse) -> dict[str, ComponentHealth]:
     description="200 when ClickHouse answers and every migration is applied, else 503. Auth: none.",
     tags=["operations"],
 )
-async def health(db: ClickHouse) -> Response[Health]:
+async def health(db: NamedDependency[ClickHouse]) -> Response[Health]:
     components = await anyio.to_thread.run_sync(check_clickhouse, db)
     healthy = all(c.status == "ok" for c in components.values())
     body = Health(status="ok" if healthy else "unavailable", components=components)

@@ -7,9 +7,12 @@ Rules (also in the README):
   (each falls back to the input rate when the price has none); the rest at the
   input rate.
 - Characters are billed per 1,000 and images per image where the price has
-  those rates. A count whose unit the price does not charge adds nothing, but
-  an event with usage where none of its non-zero counts has a rate is
-  `unpriced`, never $0.
+  those rates. A price with both character and token rates (Gemini 1.0 and
+  1.5: Vertex AI bills characters, the Gemini API bills tokens) bills the
+  characters when the event reports any, and the tokens otherwise, never both.
+- A count whose unit the price does not charge adds nothing, but an event
+  with usage where none of its non-zero counts has a rate is `unpriced`,
+  never $0.
 - Long-context rates replace the base rates for the whole request when
   `input_tokens` exceeds the price's threshold.
 - `batch` applies the price's batch discount to the whole cost.
@@ -115,7 +118,9 @@ class Price:
             long_context=None
             if lc is None
             else Rates(
-                input=_per(lc.input_per_mtok if lc.input_per_mtok is not None else entry.input_per_mtok, _MILLION),
+                input=_per(
+                    lc.input_per_mtok if lc.input_per_mtok is not None else entry.input_per_mtok, _MILLION
+                ),
                 output=_per(
                     lc.output_per_mtok if lc.output_per_mtok is not None else entry.output_per_mtok, _MILLION
                 ),
@@ -130,7 +135,8 @@ class Price:
                     lc.input_per_kchar if lc.input_per_kchar is not None else entry.input_per_kchar, _THOUSAND
                 ),
                 output_char=_per(
-                    lc.output_per_kchar if lc.output_per_kchar is not None else entry.output_per_kchar, _THOUSAND
+                    lc.output_per_kchar if lc.output_per_kchar is not None else entry.output_per_kchar,
+                    _THOUSAND,
                 ),
                 image=lc.per_image if lc.per_image is not None else entry.per_image,
             ),
@@ -152,7 +158,12 @@ class Price:
         total = ZERO
         charged = False
         used = False
-        if usage.input_tokens:
+        by_characters = (usage.input_characters or usage.output_characters) and (
+            rates.input_char is not None or rates.output_char is not None
+        )
+        if by_characters:
+            used = True
+        elif usage.input_tokens:
             used = True
             if rates.input is not None:
                 charged = True
@@ -163,7 +174,7 @@ class Price:
                     total += cached * (rates.cached_input if rates.cached_input is not None else rates.input)
                 if written:
                     total += written * (rates.cache_write if rates.cache_write is not None else rates.input)
-        if usage.output_tokens:
+        if usage.output_tokens and not by_characters:
             used = True
             if rates.output is not None:
                 charged = True

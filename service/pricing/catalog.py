@@ -170,7 +170,8 @@ def _norm(value: Decimal | None) -> Decimal | None:
     if value is None:
         return None
     normalized = value.normalize()
-    return normalized if normalized.as_tuple().exponent <= 0 else normalized.quantize(Decimal(1))
+    exponent = normalized.as_tuple().exponent
+    return normalized.quantize(Decimal(1)) if isinstance(exponent, int) and exponent > 0 else normalized
 
 
 class StoredPrice(msgspec.Struct, frozen=True):

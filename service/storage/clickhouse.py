@@ -81,9 +81,7 @@ class ClickHouse:
             settings["max_execution_time"] = self._query_timeout_s
         try:
             client = clickhouse_connect.get_client(dsn=self.url, settings=settings)
-            client.command(
-                "CREATE DATABASE IF NOT EXISTS {db:Identifier}", parameters={"db": self.database}
-            )
+            client.command("CREATE DATABASE IF NOT EXISTS {db:Identifier}", parameters={"db": self.database})
             client.database = self.database
         except ClickHouseError as exc:
             if self.embedded and _LOCKED_PATH.search(str(exc)):
@@ -159,10 +157,15 @@ class ClickHouse:
         finally:
             CLICKHOUSE_QUERY_SECONDS.labels(label).observe(time.perf_counter() - started)
 
-    def query(self, sql: str, parameters: dict[str, Any] | None = None, *, label: str) -> list[tuple[Any, ...]]:
+    def query(
+        self, sql: str, parameters: dict[str, Any] | None = None, *, label: str
+    ) -> list[tuple[Any, ...]]:
         """Rows of a SELECT, parameters bound server-side (`{name:Type}` placeholders)."""
         with self._measured(label), self.client() as client:
-            return list(client.query(sql, parameters=parameters or {}).result_rows)
+            rows: list[tuple[Any, ...]] = [
+                tuple(row) for row in client.query(sql, parameters=parameters or {}).result_rows
+            ]
+            return rows
 
     def query_dicts(
         self, sql: str, parameters: dict[str, Any] | None = None, *, label: str

@@ -6,23 +6,24 @@ from datetime import datetime
 from typing import Annotated, Any
 
 from litestar import Controller, Request, Response, get, post
-from litestar.openapi.spec import (
-    OpenAPIMediaType,
-    OpenAPIType,
-    Operation,
-    Reference,
-    RequestBody,
-    Schema,
-)
-from litestar.params import Parameter
+from litestar.di import NamedDependency
+from litestar.openapi.spec import Reference
+from litestar.params import FromPath, FromQuery, QueryParameter
 from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED
 
 from service.auth.guards import principal_of, require_roles
 from service.auth.principal import READERS, WRITERS
 from service.errors import NotFound
-from service.usage.ingest import Ingestor, decode_batch
+from service.openapi import REF_TEMPLATE, json_body_operation
+from service.usage.ingest import Ingestor, decode_batch, decode_event
 from service.usage.repository import EventFilters, UsageRepository
-from service.usage.schemas import BatchResult, PricingStatus, ProviderName, UsageEvent, UsageEventIn, UsageEventPage
+from service.usage.schemas import (
+    BatchResult,
+    PricingStatus,
+    ProviderName,
+    UsageEvent,
+    UsageEventPage,
+)
 
 WRITE_AUTH = "Auth: bearer JWT with role `service` (for its own tenant when the token names one) or `admin`."
 READ_AUTH = (
@@ -30,29 +31,12 @@ READ_AUTH = (
 )
 
 
-class _BatchOperation(Operation):
-    """Documents the batch body, which the handler decodes itself to report every bad item."""
-
-    def __post_init__(self) -> None:
-        self.request_body = RequestBody(
-            required=True,
-            content={
-                "application/json": OpenAPIMediaType(
-                    schema=Schema(
-                        type=OpenAPIType.OBJECT,
-                        required=["events"],
-                        properties={
-                            "events": Schema(
-                                type=OpenAPIType.ARRAY,
-                                items=Reference("#/components/schemas/UsageEventIn"),
-                                min_items=1,
-                                max_items=10000,
-                            )
-                        },
-                    )
-                )
-            },
-        )
+EventBodyOperation = json_body_operation(
+    "EventBodyOperation", Reference(REF_TEMPLATE.format(name="UsageEventIn"))
+)
+BatchBodyOperation = json_body_operation(
+    "BatchBodyOperation", Reference(REF_TEMPLATE.format(name="UsageBatchDoc"))
+)
 
 
 class UsageEventController(Controller):
@@ -64,15 +48,17 @@ class UsageEventController(Controller):
         operation_id="recordUsageEvent",
         guards=[require_roles(*WRITERS)],
         status_code=HTTP_201_CREATED,
+        operation_class=EventBodyOperation,
         summary="Record one usage event",
         description=(
             "Prices and stores one inference call. 201 with the stored event; the same "
-            "`event_id` again answers 200 with the originally stored event and stores nothing. "
-            + WRITE_AUTH
+            "`event_id` again answers 200 with the originally stored event and stores nothing. " + WRITE_AUTH
         ),
     )
-    async def record(self, request: Request[Any, Any, Any], data: UsageEventIn, ingestor: Ingestor) -> Response[UsageEvent]:
-        stored, duplicate = await ingestor.record(data, principal_of(request))
+    async def record(
+        self, request: Request[Any, Any, Any], ingestor: NamedDependency[Ingestor]
+    ) -> Response[UsageEvent]:
+        stored, duplicate = await ingestor.record(decode_event(await request.body()), principal_of(request))
         return Response(stored, status_code=HTTP_200_OK if duplicate else HTTP_201_CREATED)
 
     @post(
@@ -85,9 +71,11 @@ class UsageEventController(Controller):
             "All-or-nothing: any invalid item answers 422 naming each bad item's index, field and "
             "reason, and nothing is stored. Repeated `event_id`s are counted as duplicates. " + WRITE_AUTH
         ),
-        operation_class=_BatchOperation,
+        operation_class=BatchBodyOperation,
     )
-    async def record_batch(self, request: Request[Any, Any, Any], ingestor: Ingestor) -> BatchResult:
+    async def record_batch(
+        self, request: Request[Any, Any, Any], ingestor: NamedDependency[Ingestor]
+    ) -> BatchResult:
         items = decode_batch(await request.body(), ingestor.settings.max_batch_events)
         return await ingestor.record_many(items, principal_of(request))
 
@@ -101,17 +89,17 @@ class UsageEventController(Controller):
     async def list_events(
         self,
         request: Request[Any, Any, Any],
-        repository: UsageRepository,
-        tenant_id: str | None = None,
-        service: str | None = None,
-        learner_id: str | None = None,
-        provider: ProviderName | None = None,
-        model: str | None = None,
-        pricing_status: PricingStatus | None = None,
-        start: datetime | None = None,
-        end: datetime | None = None,
-        limit: Annotated[int, Parameter(ge=1, le=1000)] = 100,
-        cursor: str | None = None,
+        repository: NamedDependency[UsageRepository],
+        tenant_id: FromQuery[str | None] = None,
+        service: FromQuery[str | None] = None,
+        learner_id: FromQuery[str | None] = None,
+        provider: FromQuery[ProviderName | None] = None,
+        model: FromQuery[str | None] = None,
+        pricing_status: FromQuery[PricingStatus | None] = None,
+        start: FromQuery[datetime | None] = None,
+        end: FromQuery[datetime | None] = None,
+        limit: Annotated[int, QueryParameter(ge=1, le=1000)] = 100,
+        cursor: FromQuery[str | None] = None,
     ) -> UsageEventPage:
         scope = principal_of(request).read_scope(tenant_id)
         filters = EventFilters(
@@ -133,7 +121,10 @@ class UsageEventController(Controller):
         description="404 when it does not exist or belongs to another tenant. " + READ_AUTH,
     )
     async def get_event(
-        self, request: Request[Any, Any, Any], repository: UsageRepository, event_id: str
+        self,
+        request: Request[Any, Any, Any],
+        repository: NamedDependency[UsageRepository],
+        event_id: FromPath[str],
     ) -> UsageEvent:
         event = await repository.get_event(principal_of(request).read_scope(), event_id)
         if event is None:

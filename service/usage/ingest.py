@@ -89,21 +89,32 @@ def problem_from_msgspec(exc: msgspec.ValidationError, index: int | None = None)
     return problem
 
 
+def _require_json(body: bytes) -> None:
+    """400 for a body that is not JSON at all (msgspec validates while it parses,
+    so a schema error can surface before the syntax error further on)."""
+    try:
+        msgspec.json.decode(body)
+    except msgspec.DecodeError as exc:
+        raise MalformedRequest(f"body is not valid JSON: {exc}") from exc
+
+
 def decode_event(body: bytes) -> UsageEventIn:
     try:
         return _event_decoder.decode(body)
     except msgspec.ValidationError as exc:
+        _require_json(body)
         problem = problem_from_msgspec(exc)
         raise InvalidInput(f"invalid usage event: {problem['reason']}", errors=[problem]) from exc
     except msgspec.DecodeError as exc:
         raise MalformedRequest(f"body is not valid JSON: {exc}") from exc
 
 
-def decode_batch(body: bytes, max_events: int) -> list[UsageEventIn]:
-    """Every item decoded; all problems reported together, nothing half-accepted."""
+def decode_batch(body: bytes, max_events: int) -> list[UsageEventIn | dict[str, Any]]:
+    """Each item decoded, or the problem that stopped it (reported together later)."""
     try:
         batch = _batch_decoder.decode(body)
     except msgspec.ValidationError as exc:
+        _require_json(body)
         problem = problem_from_msgspec(exc)
         raise InvalidInput(f"invalid batch: {problem['reason']}", errors=[problem]) from exc
     except msgspec.DecodeError as exc:
@@ -115,15 +126,12 @@ def decode_batch(body: bytes, max_events: int) -> list[UsageEventIn]:
             f"batch has {len(batch.events)} events; the limit is {max_events}",
             errors=[{"field": "events", "reason": f"at most {max_events} events per batch"}],
         )
-    items: list[UsageEventIn] = []
-    problems: list[dict[str, Any]] = []
+    items: list[UsageEventIn | dict[str, Any]] = []
     for index, raw in enumerate(batch.events):
         try:
             items.append(_event_decoder.decode(raw))
         except msgspec.ValidationError as exc:
-            problems.append(problem_from_msgspec(exc, index))
-    if problems:
-        raise InvalidInput(f"{len(problems)} of {len(batch.events)} events are invalid; none stored", errors=problems)
+            items.append(problem_from_msgspec(exc, index))
     return items
 
 
@@ -142,7 +150,9 @@ class Ingestor:
         self.buffer = buffer
         self.settings = settings
 
-    def prepare(self, item: UsageEventIn, principal: Principal, now: datetime, index: int | None = None) -> UsageEvent:
+    def prepare(
+        self, item: UsageEventIn, principal: Principal, now: datetime, index: int | None = None
+    ) -> UsageEvent:
         """Check the rules a schema cannot express, and price the event."""
         tenant = principal.write_tenant(item.tenant_id)
         problems: list[dict[str, Any]] = []
@@ -168,18 +178,16 @@ class Ingestor:
                 problems = [{"index": index, **p} for p in problems]
             raise InvalidInput("invalid usage event: " + problems[0]["reason"], errors=problems)
 
+        cost: Decimal | None = provided
         price_version = None
-        if provided is not None:
-            cost = provided
-            status = "provided"
-        else:
+        status = "provided"
+        if provided is None:
             price = self.pricing.book.price_for(item.provider, item.model, item.region, timestamp)
-            cost = price.cost(item) if price is not None else None
-            if cost is None:
-                status = "unpriced"
-            else:
+            if price is not None and (cost := price.cost(item)) is not None:
                 status = "priced"
-                price_version = price.version_id if price is not None else None
+                price_version = price.version_id
+            else:
+                status = "unpriced"
         return UsageEvent(
             event_id=item.event_id or str(uuid.uuid4()),
             timestamp=timestamp,
@@ -210,21 +218,25 @@ class Ingestor:
         [outcome] = await self.buffer.submit([event])
         return outcome
 
-    async def record_many(self, items: Sequence[UsageEventIn], principal: Principal) -> BatchResult:
-        """Store a batch all-or-nothing: any invalid item rejects the whole batch."""
+    async def record_many(
+        self, items: Sequence[UsageEventIn | dict[str, Any]], principal: Principal
+    ) -> BatchResult:
+        """Store a batch all-or-nothing. `items` are decoded events or, for items that
+        failed to decode, their problem; every problem of every item is reported."""
         now = _to_millis(datetime.now(UTC))
         events: list[UsageEvent] = []
         problems: list[dict[str, Any]] = []
         for index, item in enumerate(items):
+            if isinstance(item, dict):
+                problems.append(item)
+                continue
             try:
                 events.append(self.prepare(item, principal, now, index))
             except InvalidInput as exc:
                 problems.extend(exc.errors)
         if problems:
-            raise InvalidInput(
-                f"{len({p.get('index') for p in problems})} of {len(items)} events are invalid; none stored",
-                errors=problems,
-            )
+            bad = len({p.get("index") for p in problems})
+            raise InvalidInput(f"{bad} of {len(items)} events are invalid; none stored", errors=problems)
         outcomes = await self.buffer.submit(events)
         results = [
             BatchItemResult(stored.event_id, stored.cost_usd, stored.pricing_status, duplicate)

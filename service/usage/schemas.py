@@ -89,7 +89,7 @@ class UsageEventPage(msgspec.Struct):
     next_cursor: str | None
 
 
-class BatchDoc(msgspec.Struct):
-    """Documentation shape of POST /usage-events/batch."""
+class UsageBatchDoc(msgspec.Struct):
+    """Body of POST /usage-events/batch (the handler decodes it item by item)."""
 
-    events: list[UsageEventIn]
+    events: Annotated[list[UsageEventIn], msgspec.Meta(min_length=1, max_length=10_000)]
