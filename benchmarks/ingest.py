@@ -616,7 +616,7 @@ def phase_single(
     try:
         requests = [post_request(bare.port, "/usage-events", None, b) for b in bodies]
         bare_result = asyncio.run(
-            load_server(bare, "bare Litestar echo", requests[: args.warmup], requests[args.warmup :], 64)
+            load_server(bare, "bare Litestar echo", requests[: args.warmup], requests[args.warmup :], args.concurrency)
         )
     finally:
         stop_server(bare)
@@ -625,7 +625,7 @@ def phase_single(
     try:
         requests = [post_request(real.port, "/usage-events", token, b) for b in bodies]
         real_result = asyncio.run(
-            load_server(real, "real POST /usage-events", requests[: args.warmup], requests[args.warmup :], 64)
+            load_server(real, "real POST /usage-events", requests[: args.warmup], requests[args.warmup :], args.concurrency)
         )
     except BaseException:
         stop_server(real)
@@ -896,6 +896,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--requests", type=int, default=5000, help="measured single-event requests per app")
     parser.add_argument("--warmup", type=int, default=500, help="warm-up single-event requests per app")
+    parser.add_argument(
+        "--concurrency", type=int, default=64, help="single-event requests in flight (keep-alive connections)"
+    )
     parser.add_argument("--batches", type=int, default=20, help="measured batch requests")
     parser.add_argument("--batch-size", type=int, default=1000, help="events per batch")
     parser.add_argument("--batch-concurrency", type=int, default=4, help="batch requests in flight")

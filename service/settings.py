@@ -96,6 +96,11 @@ class IngestSettings:
     (INGEST_FLUSH_INTERVAL_MS). Rows that arrive while a write runs form the next batch."""
     flush_max_rows: int = field(default_factory=lambda: _int("INGEST_FLUSH_MAX_ROWS", 20000, minimum=1))
     """Rows per INSERT at most; a single batch request is never split (INGEST_FLUSH_MAX_ROWS)."""
+    max_concurrent_writes: int = field(
+        default_factory=lambda: _int("INGEST_MAX_CONCURRENT_WRITES", 2, minimum=1)
+    )
+    """Group-commit INSERTs in flight at once; the next batch gathers meanwhile
+    (INGEST_MAX_CONCURRENT_WRITES)."""
     buffer_max_rows: int = field(default_factory=lambda: _int("INGEST_BUFFER_MAX_ROWS", 100000, minimum=1))
     """Rows waiting for a write at most; beyond it requests get 503 (INGEST_BUFFER_MAX_ROWS)."""
     max_batch_events: int = field(default_factory=lambda: _int("INGEST_MAX_BATCH_EVENTS", 10000, minimum=1))

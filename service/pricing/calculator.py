@@ -224,6 +224,7 @@ class PriceBook:
     def from_catalog(
         cls, entries: Iterable[tuple[CatalogPrice, int]], *, bedrock_default_region: str = "us-east-1"
     ) -> PriceBook:
+        entries = list(entries)
         book = cls(
             (Price.from_catalog(entry, version) for entry, version in entries),
             bedrock_default_region=bedrock_default_region,

@@ -13,8 +13,9 @@ import asyncio
 import re
 import time
 import uuid
+from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -218,12 +219,9 @@ class Ingestor:
         [outcome] = await self.buffer.submit([event])
         return outcome
 
-    async def record_many(
-        self, items: Sequence[UsageEventIn | dict[str, Any]], principal: Principal
-    ) -> BatchResult:
-        """Store a batch all-or-nothing. `items` are decoded events or, for items that
-        failed to decode, their problem; every problem of every item is reported."""
-        now = _to_millis(datetime.now(UTC))
+    def _prepare_all(
+        self, items: Sequence[UsageEventIn | dict[str, Any]], principal: Principal, now: datetime
+    ) -> list[UsageEvent]:
         events: list[UsageEvent] = []
         problems: list[dict[str, Any]] = []
         for index, item in enumerate(items):
@@ -237,6 +235,18 @@ class Ingestor:
         if problems:
             bad = len({p.get("index") for p in problems})
             raise InvalidInput(f"{bad} of {len(items)} events are invalid; none stored", errors=problems)
+        return events
+
+    async def record_many(
+        self, items: Sequence[UsageEventIn | dict[str, Any]], principal: Principal
+    ) -> BatchResult:
+        """Store a batch all-or-nothing. `items` are decoded events or, for items that
+        failed to decode, their problem; every problem of every item is reported."""
+        now = _to_millis(datetime.now(UTC))
+        if len(items) > 100:  # pricing thousands of events would stall the event loop
+            events = await anyio.to_thread.run_sync(self._prepare_all, items, principal, now)
+        else:
+            events = self._prepare_all(items, principal, now)
         outcomes = await self.buffer.submit(events)
         results = [
             BatchItemResult(stored.event_id, stored.cost_usd, stored.pricing_status, duplicate)
@@ -246,24 +256,38 @@ class Ingestor:
         return BatchResult(accepted=len(results) - duplicates, duplicates=duplicates, events=results)
 
 
+Key = tuple[str, str]  # (tenant_id, event_id)
+
+
 @dataclass
 class _Pending:
     events: list[UsageEvent]
     future: asyncio.Future[list[tuple[UsageEvent, bool]]]
-    enqueued: float = field(default_factory=time.perf_counter)
 
 
 class GroupCommitBuffer:
-    """One flusher task writes every buffered event; requests wait for their write."""
+    """Gathers events from concurrent requests into few INSERTs; answers after the write.
+
+    One flusher task takes whole requests from the queue and hands each batch
+    to a writer; up to `max_concurrent_writes` batches are written at once,
+    while the next batch gathers. A key is claimed in memory (on the event
+    loop, so without races) for the time its batch is in flight: a repeat that
+    arrives meanwhile waits for that write and answers as its duplicate. The
+    durable record of keys is `usage_event_keys`, checked before each INSERT.
+    A failed write fails every request in its batch and releases its claims.
+    """
 
     def __init__(self, db: ClickHouse, settings: IngestSettings) -> None:
         self.db = db
         self.settings = settings
-        self._queue: list[_Pending] = []
+        self._queue: deque[_Pending] = deque()
         self._rows = 0
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._closing = False
+        self._claims: dict[Key, asyncio.Future[UsageEvent]] = {}
+        self._writes: set[asyncio.Task[None]] = set()
+        self._slots = asyncio.Semaphore(max(1, settings.max_concurrent_writes))
 
     @property
     def depth(self) -> int:
@@ -279,6 +303,8 @@ class GroupCommitBuffer:
         if self._task is not None:
             await self._task
             self._task = None
+        if self._writes:
+            await asyncio.gather(*self._writes, return_exceptions=True)
 
     async def submit(self, events: list[UsageEvent]) -> list[tuple[UsageEvent, bool]]:
         if self._closing or self._task is None:
@@ -294,34 +320,26 @@ class GroupCommitBuffer:
         return await pending.future
 
     async def _run(self) -> None:
-        interval = min(self.settings.flush_interval_ms, 50) / 1000
+        linger = min(self.settings.flush_interval_ms, 50) / 1000
         while True:
             if not self._queue:
                 if self._closing:
                     return
                 self._wake.clear()
                 await self._wake.wait()
+                # an idle flusher waits briefly for company; a busy one never does
+                if linger and not self._writes and not self._closing:
+                    await asyncio.sleep(linger)
                 continue
-            if interval and self._rows < self.settings.flush_max_rows and not self._closing:
-                await asyncio.sleep(interval)
+            await self._slots.acquire()
             batch = self._take()
-            events = [event for pending in batch for event in pending.events]
-            try:
-                outcomes = await anyio.to_thread.run_sync(self._write, events)
-            except Exception as exc:  # every waiting request learns its write failed
-                for pending in batch:
-                    if not pending.future.done():
-                        pending.future.set_exception(exc)
-                continue
-            finally:
-                self._rows -= len(events)
-                INGEST_BUFFER_ROWS.set(self._rows)
-            start = 0
-            for pending in batch:
-                end = start + len(pending.events)
-                if not pending.future.done():
-                    pending.future.set_result(outcomes[start:end])
-                start = end
+            task = asyncio.get_running_loop().create_task(self._flush(batch))
+            self._writes.add(task)
+            task.add_done_callback(self._finished)
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        self._writes.discard(task)
+        self._slots.release()
 
     def _take(self) -> list[_Pending]:
         """Whole requests up to the row cap (always at least one request)."""
@@ -331,18 +349,62 @@ class GroupCommitBuffer:
             size = len(self._queue[0].events)
             if taken and rows + size > self.settings.flush_max_rows:
                 break
-            taken.append(self._queue.pop(0))
+            taken.append(self._queue.popleft())
             rows += size
         return taken
 
-    def _write(self, events: list[UsageEvent]) -> list[tuple[UsageEvent, bool]]:
-        """Drop repeats, INSERT the rest once; runs on a worker thread."""
-        started = time.perf_counter()
-        first: dict[tuple[str, str], UsageEvent] = {}
+    async def _flush(self, batch: list[_Pending]) -> None:
+        events = [event for pending in batch for event in pending.events]
+        loop = asyncio.get_running_loop()
+        mine: dict[Key, UsageEvent] = {}
+        elsewhere: dict[Key, asyncio.Future[UsageEvent]] = {}
         for event in events:
-            first.setdefault((event.tenant_id, event.event_id), event)
-        stored = find_stored(self.db, list(first))
-        fresh = [event for key, event in first.items() if key not in stored]
+            key = (event.tenant_id, event.event_id)
+            if key in mine or key in elsewhere:
+                continue
+            claim = self._claims.get(key)
+            if claim is not None:
+                elsewhere[key] = claim
+            else:
+                mine[key] = event
+                self._claims[key] = loop.create_future()
+        try:
+            try:
+                written = await anyio.to_thread.run_sync(self._write, mine)
+            except BaseException as exc:
+                for key in mine:
+                    self._claims.pop(key).set_exception(exc)
+                raise
+            for key, stored in written.items():
+                self._claims.pop(key).set_result(stored)
+            originals = dict(written)
+            for key, claim in elsewhere.items():
+                originals[key] = await asyncio.shield(claim)
+        except Exception as exc:  # every waiting request learns its write failed
+            for pending in batch:
+                if not pending.future.done():
+                    pending.future.set_exception(exc)
+            return
+        finally:
+            self._rows -= len(events)
+            INGEST_BUFFER_ROWS.set(self._rows)
+        for pending in batch:
+            outcomes = []
+            for event in pending.events:
+                original = originals[(event.tenant_id, event.event_id)]
+                outcomes.append((original, original is not event))
+            duplicates = sum(1 for _, duplicate in outcomes if duplicate)
+            if duplicates:
+                INGEST_DUPLICATES.inc(duplicates)
+            if not pending.future.done():
+                pending.future.set_result(outcomes)
+
+    def _write(self, candidates: dict[Key, UsageEvent]) -> dict[Key, UsageEvent]:
+        """INSERT the candidates not stored yet; returns each key's stored event.
+        Runs on a worker thread."""
+        started = time.perf_counter()
+        stored = find_stored(self.db, list(candidates))
+        fresh = [event for key, event in candidates.items() if key not in stored]
         if fresh:
             self.db.insert(
                 "usage_events",
@@ -350,22 +412,19 @@ class GroupCommitBuffer:
                 EVENT_COLUMNS,
                 column_oriented=True,
                 label="usage.insert",
+                settings=INSERT_SETTINGS,
             )
-        outcomes: list[tuple[UsageEvent, bool]] = []
-        for event in events:
-            key = (event.tenant_id, event.event_id)
-            original = stored.get(key) or first[key]
-            outcomes.append((original, original is not event))
-        duplicates = len(events) - len(fresh)
-        if duplicates:
-            INGEST_DUPLICATES.inc(duplicates)
         for event in fresh:
             INGEST_EVENTS.labels(event.pricing_status).inc()
             if event.pricing_status == "unpriced":
                 UNPRICED_EVENTS.labels(event.provider).inc()
         INGEST_FLUSH_ROWS.observe(len(fresh))
         INGEST_FLUSH_SECONDS.observe(time.perf_counter() - started)
-        return outcomes
+        return {**candidates, **stored}
+
+
+# Materialized views of one INSERT run side by side rather than one after another.
+INSERT_SETTINGS = {"parallel_view_processing": 1}
 
 
 def _columns(events: list[UsageEvent]) -> list[list[Any]]:
