@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from litestar.connection import ASGIConnection
 from litestar.handlers.base import BaseRouteHandler
@@ -13,7 +13,7 @@ from service.auth.principal import Principal, Role
 from service.auth.tokens import TokenVerifier
 from service.errors import Forbidden, Unauthenticated
 
-Guard = Callable[[ASGIConnection, BaseRouteHandler], None]  # type: ignore[type-arg]
+Guard = Callable[[ASGIConnection, BaseRouteHandler], Awaitable[None]]  # type: ignore[type-arg]
 
 
 class BearerTokenMiddleware(AbstractAuthenticationMiddleware):
@@ -44,7 +44,8 @@ def require_roles(*roles: Role) -> Guard:
     allowed = frozenset(roles)
     names = ", ".join(sorted(str(r) for r in roles))
 
-    def guard(connection: ASGIConnection, _: BaseRouteHandler) -> None:  # type: ignore[type-arg]
+    # async, so Litestar calls it on the event loop instead of a worker thread
+    async def guard(connection: ASGIConnection, _: BaseRouteHandler) -> None:  # type: ignore[type-arg]
         principal = principal_of(connection)
         if principal.role not in allowed:
             raise Forbidden(f"this operation needs one of the roles: {names}")
