@@ -22,6 +22,7 @@ from service.auth.guards import BearerTokenMiddleware
 from service.auth.tokens import TokenVerifier
 from service.errors import DomainError, Overloaded
 from service.health.controller import health
+from service.metrics import metrics
 from service.openapi import component_schemas
 from service.pricing.calculator import PriceBook
 from service.pricing.catalog import read_prices, sync_bundled_catalog
@@ -156,8 +157,11 @@ def create_app(
         finally:
             await anyio.to_thread.run_sync(database.close)
 
+    handlers: list[Any] = [UsageEventController, health]
+    if settings.prometheus_metrics_enabled:
+        handlers.append(metrics)
     app = Litestar(
-        route_handlers=[UsageEventController, health],
+        route_handlers=handlers,
         lifespan=[lifespan],
         dependencies={
             "ingestor": Provide(provide_ingestor, sync_to_thread=False),

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, Histogram
+from litestar import Response, get
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
 
 CLICKHOUSE_QUERY_SECONDS = Histogram(
     "finops_clickhouse_query_seconds",
@@ -32,3 +33,17 @@ INGEST_REJECTED = Counter("finops_ingest_rejected_total", "Requests refused beca
 UNPRICED_EVENTS = Counter(
     "finops_unpriced_events_total", "Events stored without a price, by provider.", ["provider"]
 )
+
+
+@get(
+    "/metrics",
+    operation_id="metrics",
+    exclude_from_auth=True,
+    media_type=CONTENT_TYPE_LATEST,
+    summary="Prometheus metrics",
+    description="Per-process operational metrics in the Prometheus text format. Auth: none.",
+    tags=["operations"],
+    sync_to_thread=False,
+)
+def metrics() -> Response[bytes]:
+    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

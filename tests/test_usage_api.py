@@ -375,3 +375,25 @@ def test_health_and_docs_need_no_token(client: Client) -> None:
     batch_body = spec["paths"]["/usage-events/batch"]["post"]["requestBody"]["content"]["application/json"]
     assert batch_body["schema"]["$ref"] == "#/components/schemas/UsageBatchDoc"
     assert "UsageEventIn" in spec["components"]["schemas"]
+
+
+def test_metrics_count_what_was_ingested(client: Client, auth: Auth) -> None:
+    def sample(text: str, name: str) -> float:
+        for line in text.splitlines():
+            if line.startswith(name + " ") or line.startswith(name + "{"):
+                return float(line.rsplit(" ", 1)[1])
+        return 0.0
+
+    before = client.get("/metrics").text
+    client.post("/usage-events", json=event(model="no-such-model", event_id="m-1"), headers=auth("service"))
+    client.post("/usage-events", json=event(model="no-such-model", event_id="m-1"), headers=auth("service"))
+    after = client.get("/metrics")
+    assert after.status_code == 200
+    assert after.headers["content-type"].startswith("text/plain")
+    name = 'finops_unpriced_events_total{provider="openai"}'
+    assert sample(after.text, name) - sample(before, name) == 1
+    assert (
+        sample(after.text, "finops_ingest_duplicates_total")
+        - sample(before, "finops_ingest_duplicates_total")
+        == 1
+    )
