@@ -616,7 +616,9 @@ def phase_single(
     try:
         requests = [post_request(bare.port, "/usage-events", None, b) for b in bodies]
         bare_result = asyncio.run(
-            load_server(bare, "bare Litestar echo", requests[: args.warmup], requests[args.warmup :], args.concurrency)
+            load_server(
+                bare, "bare Litestar echo", requests[: args.warmup], requests[args.warmup :], args.concurrency
+            )
         )
     finally:
         stop_server(bare)
@@ -625,7 +627,13 @@ def phase_single(
     try:
         requests = [post_request(real.port, "/usage-events", token, b) for b in bodies]
         real_result = asyncio.run(
-            load_server(real, "real POST /usage-events", requests[: args.warmup], requests[args.warmup :], args.concurrency)
+            load_server(
+                real,
+                "real POST /usage-events",
+                requests[: args.warmup],
+                requests[args.warmup :],
+                args.concurrency,
+            )
         )
     except BaseException:
         stop_server(real)
