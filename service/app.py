@@ -5,12 +5,11 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any, cast
+from typing import Any
 
 import anyio.to_thread
 from litestar import Litestar, Request, Response
 from litestar._openapi.plugin import OpenAPIPlugin
-from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.exceptions import HTTPException, ValidationException
 from litestar.middleware import DefineMiddleware
@@ -72,7 +71,7 @@ def prepare_database(db: ClickHouse, settings: Settings, *, apply_migrations: bo
 
 
 class AppComponents:
-    """Everything the app wires at start-up, held on `app.state.components`."""
+    """Everything the app wires at start-up."""
 
     def __init__(
         self, db: ClickHouse, pricing: PricingState, buffer: GroupCommitBuffer, settings: Settings
@@ -82,18 +81,6 @@ class AppComponents:
         self.buffer = buffer
         self.ingestor = Ingestor(pricing, buffer, settings.ingest)
         self.repository = UsageRepository(db)
-
-
-def provide_ingestor(state: State) -> Ingestor:
-    return cast(AppComponents, state.components).ingestor
-
-
-def provide_repository(state: State) -> UsageRepository:
-    return cast(AppComponents, state.components).repository
-
-
-def provide_db(state: State) -> ClickHouse:
-    return cast(AppComponents, state.components).db
 
 
 def _error_body(status: int, detail: str, errors: list[dict[str, Any]] | None = None) -> dict[str, Any]:
@@ -137,8 +124,21 @@ def create_app(
     settings = settings or get_settings()
     verifier = TokenVerifier(settings.auth.jwt_secret, settings.auth.jwt_algorithm)
 
+    # Filled at start-up; the providers close over it (cheaper per request than
+    # injecting `state`, which Litestar copies for every request).
+    wired: list[AppComponents] = []
+
+    def provide_ingestor() -> Ingestor:
+        return wired[0].ingestor
+
+    def provide_repository() -> UsageRepository:
+        return wired[0].repository
+
+    def provide_db() -> ClickHouse:
+        return wired[0].db
+
     @asynccontextmanager
-    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+    async def lifespan(_: Litestar) -> AsyncIterator[None]:
         database = db if db is not None else await anyio.to_thread.run_sync(open_database, settings)
         try:
             book = await anyio.to_thread.run_sync(
@@ -146,13 +146,14 @@ def create_app(
             )
             buffer = GroupCommitBuffer(database, settings.ingest)
             buffer.start()
-            app.state.components = AppComponents(database, PricingState(book), buffer, settings)
+            wired.append(AppComponents(database, PricingState(book), buffer, settings))
             log.info(
                 "finops-svc ready: %d prices loaded, ClickHouse at %s", len(book), _safe_url(database.url)
             )
             try:
                 yield
             finally:
+                wired.clear()
                 await buffer.stop()
         finally:
             await anyio.to_thread.run_sync(database.close)
