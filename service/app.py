@@ -19,6 +19,9 @@ from litestar.openapi.spec import Components, SecurityScheme
 
 from service.auth.guards import BearerTokenMiddleware
 from service.auth.tokens import TokenVerifier
+from service.costs.controller import CostController
+from service.costs.query import CostQueries
+from service.costs.service import CostService
 from service.errors import DomainError, Overloaded
 from service.health.controller import health
 from service.metrics import metrics
@@ -81,6 +84,8 @@ class AppComponents:
         self.buffer = buffer
         self.ingestor = Ingestor(pricing, buffer, settings.ingest)
         self.repository = UsageRepository(db)
+        self.cost_queries = CostQueries(db)
+        self.costs = CostService(self.cost_queries, settings.costs.max_range_days)
 
 
 def _error_body(status: int, detail: str, errors: list[dict[str, Any]] | None = None) -> dict[str, Any]:
@@ -137,6 +142,12 @@ def create_app(
     def provide_db() -> ClickHouse:
         return wired[0].db
 
+    def provide_costs() -> CostService:
+        return wired[0].costs
+
+    def provide_cost_queries() -> CostQueries:
+        return wired[0].cost_queries
+
     @asynccontextmanager
     async def lifespan(_: Litestar) -> AsyncIterator[None]:
         database = db if db is not None else await anyio.to_thread.run_sync(open_database, settings)
@@ -158,7 +169,7 @@ def create_app(
         finally:
             await anyio.to_thread.run_sync(database.close)
 
-    handlers: list[Any] = [UsageEventController, health]
+    handlers: list[Any] = [UsageEventController, CostController, health]
     if settings.prometheus_metrics_enabled:
         handlers.append(metrics)
     app = Litestar(
@@ -168,6 +179,8 @@ def create_app(
             "ingestor": Provide(provide_ingestor, sync_to_thread=False),
             "repository": Provide(provide_repository, sync_to_thread=False),
             "db": Provide(provide_db, sync_to_thread=False),
+            "costs": Provide(provide_costs, sync_to_thread=False),
+            "queries": Provide(provide_cost_queries, sync_to_thread=False),
         },
         middleware=[DefineMiddleware(BearerTokenMiddleware, verifier=verifier, exclude=PUBLIC_PATHS)],
         exception_handlers={DomainError: handle_domain_error, HTTPException: handle_http_exception},

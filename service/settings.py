@@ -110,11 +110,22 @@ class IngestSettings:
 
 
 @dataclass(frozen=True)
+class CostSettings:
+    max_range_days: int = field(default_factory=lambda: _int("COST_QUERY_MAX_DAYS", 732, minimum=1))
+    """Longest range a cost query may span (COST_QUERY_MAX_DAYS)."""
+    aggregation_interval_s: int = field(
+        default_factory=lambda: _int("COST_AGGREGATION_INTERVAL", 3600, minimum=1)
+    )
+    """Seconds between refreshes of `cost_summaries` (COST_AGGREGATION_INTERVAL)."""
+
+
+@dataclass(frozen=True)
 class Settings:
     server: ServerSettings = field(default_factory=ServerSettings)
     database: DatabaseSettings = field(default_factory=DatabaseSettings)
     auth: AuthSettings = field(default_factory=AuthSettings)
     ingest: IngestSettings = field(default_factory=IngestSettings)
+    costs: CostSettings = field(default_factory=CostSettings)
     redis_url: str = field(default_factory=lambda: _env("REDIS_URL", ""))
     """Redis for arq job queues and shared state; empty runs everything in-process (REDIS_URL)."""
     prometheus_metrics_enabled: bool = field(

@@ -1,0 +1,1 @@
+"""Cost questions answered from the rollups: query, summary, by service, by learner."""

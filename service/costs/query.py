@@ -1,0 +1,190 @@
+"""SQL over the rollups for cost questions, always inside a tenant scope."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any, Literal
+
+from service.auth.principal import TenantScope
+from service.costs.plan import Granularity, Segment, plan
+from service.storage.clickhouse import ClickHouse
+
+Dimension = Literal["tenant_id", "service", "learner_id", "provider", "model", "region"]
+DIMENSIONS: tuple[Dimension, ...] = ("tenant_id", "service", "learner_id", "provider", "model", "region")
+COUNTS = (
+    "events",
+    "unpriced_events",
+    "input_tokens",
+    "output_tokens",
+    "cached_input_tokens",
+    "cache_write_tokens",
+    "input_characters",
+    "output_characters",
+    "images",
+)
+ORDERS = {
+    "cost": "cost_usd",
+    "tokens": "input_tokens + output_tokens",
+    "events": "events",
+}
+
+# Each source as rows of (dimensions, t, counts, cost) with identical types.
+_ROLLUP_MEASURES = ", ".join([*COUNTS, "cost_usd"])
+_RAW_MEASURES = ", ".join(
+    [
+        "toUInt64(record_type = 'usage') AS events",
+        "toUInt64(record_type = 'usage' AND pricing_status = 'unpriced') AS unpriced_events",
+        *COUNTS[2:],
+        "toDecimal128(ifNull(cost_usd, toDecimal64(0, 12)), 12) AS cost_usd",
+    ]
+)
+_SOURCES = {
+    "usage_daily": (
+        "toDateTime(bucket, 'UTC')",
+        "bucket >= toDate({s%(i)d:DateTime('UTC')}) AND bucket < toDate({e%(i)d:DateTime('UTC')})",
+        _ROLLUP_MEASURES,
+    ),
+    "usage_hourly": (
+        "bucket",
+        "bucket >= {s%(i)d:DateTime('UTC')} AND bucket < {e%(i)d:DateTime('UTC')}",
+        _ROLLUP_MEASURES,
+    ),
+    "usage_events": (
+        "toDateTime(event_time, 'UTC')",
+        "event_time >= {s%(i)d:DateTime64(3, 'UTC')} AND event_time < {e%(i)d:DateTime64(3, 'UTC')}",
+        _RAW_MEASURES,
+    ),
+}
+
+
+def bucket_sql(granularity: Granularity) -> str | None:
+    """Start of each row's bucket as a Unix timestamp, computed in the zone `{tz}`."""
+    if granularity == "none":
+        return None
+    if granularity == "hour":
+        return "toUnixTimestamp(toStartOfHour(t))"
+    if granularity == "day":
+        return "toUnixTimestamp(toStartOfDay(toDateTime(t, {tz:String})))"
+    if granularity == "week":
+        return "toUnixTimestamp(toDateTime(toMonday(toDateTime(t, {tz:String})), {tz:String}))"
+    return "toUnixTimestamp(toDateTime(toStartOfMonth(toDateTime(t, {tz:String})), {tz:String}))"
+
+
+@dataclass
+class CostFilter:
+    """What to count: a time range, a tenant scope and values per dimension."""
+
+    scope: TenantScope
+    start: datetime
+    end: datetime
+    values: dict[str, list[str]] = field(default_factory=dict)
+    learner_search: str | None = None
+
+    def where(self, params: dict[str, Any]) -> list[str]:
+        clauses = []
+        if self.scope.tenant_id is not None:
+            clauses.append("tenant_id = {scope_tenant:String}")
+            params["scope_tenant"] = self.scope.tenant_id
+        for dimension in DIMENSIONS:
+            values = self.values.get(dimension)
+            if values:
+                clauses.append(f"{dimension} IN {{f_{dimension}:Array(String)}}")
+                params[f"f_{dimension}"] = list(values)
+        if self.learner_search:
+            clauses.append("positionCaseInsensitive(learner_id, {learner_search:String}) > 0")
+            params["learner_search"] = self.learner_search
+        return clauses
+
+
+@dataclass
+class Totals:
+    cost_usd: Decimal
+    counts: dict[str, int]
+
+
+@dataclass
+class CostRow:
+    keys: dict[str, str | None]
+    bucket: int | None
+    cost_usd: Decimal
+    counts: dict[str, int]
+
+
+def union_sql(
+    segments: Sequence[Segment], dimensions: Sequence[str], filters: CostFilter, params: dict[str, Any]
+) -> str:
+    """One UNION ALL over the segments, each from its own table."""
+    branches = []
+    where_common = filters.where(params)
+    columns = ", ".join(dimensions)
+    for index, segment in enumerate(segments):
+        time_sql, range_sql, measures = _SOURCES[segment.source]
+        params[f"s{index}"] = segment.start
+        params[f"e{index}"] = segment.end
+        where = " AND ".join([range_sql % {"i": index}, *where_common])
+        select = ", ".join(part for part in (columns, f"{time_sql} AS t", measures) if part)
+        branches.append(f"SELECT {select} FROM {segment.source} WHERE {where}")
+    return "\nUNION ALL\n".join(branches)
+
+
+_SUMS = ", ".join([*(f"sum({c}) AS {c}" for c in COUNTS), "sum(cost_usd) AS cost_usd"])
+
+
+class CostQueries:
+    def __init__(self, db: ClickHouse) -> None:
+        self.db = db
+
+    def grouped(
+        self,
+        filters: CostFilter,
+        group_by: Sequence[str],
+        granularity: Granularity,
+        tz: str,
+        *,
+        order_by: str = "cost",
+        limit: int | None = None,
+        offset: int = 0,
+        label: str = "costs.grouped",
+    ) -> list[CostRow]:
+        """Rows per group (and bucket), ordered by `order_by` descending."""
+        segments = plan(filters.start, filters.end, granularity, tz)
+        if not segments:
+            return []
+        params: dict[str, Any] = {"tz": tz}
+        bucket = bucket_sql(granularity)
+        keys = [*group_by, *(["bucket"] if bucket else [])]
+        select_keys = [*group_by, *([f"{bucket} AS bucket"] if bucket else [])]
+        sql = (
+            f"SELECT {', '.join([*select_keys, _SUMS])} "
+            f"FROM ({union_sql(segments, group_by, filters, params)}) "
+            + (f"GROUP BY {', '.join(keys)} " if keys else "")
+            + f"ORDER BY {ORDERS[order_by]} DESC{''.join(', ' + k for k in keys)}"
+        )
+        if limit is not None:
+            sql += " LIMIT {limit:UInt64} OFFSET {offset:UInt64}"
+            params["limit"] = limit
+            params["offset"] = offset
+        rows = self.db.query(sql, params, label=label)
+        result = []
+        width = len(group_by)
+        for row in rows:
+            key_values = {name: (row[i] if row[i] != "" else None) for i, name in enumerate(group_by)}
+            bucket_value = int(row[width]) if bucket else None
+            offset_measures = width + (1 if bucket else 0)
+            counts = {name: int(row[offset_measures + i]) for i, name in enumerate(COUNTS)}
+            result.append(CostRow(key_values, bucket_value, row[offset_measures + len(COUNTS)], counts))
+        return result
+
+    def total(self, filters: CostFilter, label: str = "costs.total") -> Totals:
+        """Sums over the whole filtered range."""
+        rows = self.grouped(filters, [], "none", "UTC", label=label)
+        if not rows:
+            return Totals(Decimal(0), dict.fromkeys(COUNTS, 0))
+        return Totals(rows[0].cost_usd, rows[0].counts)
+
+
+def utc(moment: datetime) -> datetime:
+    return moment.astimezone(UTC)
