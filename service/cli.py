@@ -76,6 +76,7 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     import uvicorn
 
     from service.app import create_app, open_database
+    from service.storage.migrations import pending
 
     settings = with_jwt_secret(settings)
     host = args.host or settings.server.host
@@ -84,6 +85,9 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
         db = open_database(settings)
     except DataPathInUse as exc:
         raise CommandError(exc.detail) from exc
+    if args.no_migrate and pending(db):
+        db.close()
+        raise CommandError("migrations are pending: run `finops migrate` (or serve without --no-migrate)")
     app = create_app(settings, db=db, apply_migrations=not args.no_migrate)
     log.info("serving on http://%s:%d (docs at /docs)", host, port)
     uvicorn.run(app, host=host, port=port, log_level="info", access_log=False)

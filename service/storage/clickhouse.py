@@ -9,6 +9,8 @@ methods, which run them on worker threads.
 
 from __future__ import annotations
 
+import fcntl
+import os
 import queue
 import re
 import threading
@@ -39,6 +41,23 @@ def embedded_path(url: str) -> str:
     """The filesystem path of a `chdb:///abs/path` URL."""
     parsed = urlparse(url)
     return unquote(parsed.netloc + parsed.path) if parsed.netloc not in ("", "memory") else parsed.path
+
+
+def path_is_locked(path: str) -> bool:
+    """Whether another process holds the embedded engine's lock on `path/status`.
+
+    chDB reports a held path only on stderr; its exception says BAD_ARGUMENTS.
+    """
+    status = os.path.join(path, "status")
+    if not os.path.exists(status):
+        return False
+    with open(status, "rb") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            return True
+        fcntl.flock(handle, fcntl.LOCK_UN)
+    return False
 
 
 def _database_from_url(url: str) -> str | None:
@@ -85,7 +104,7 @@ class ClickHouse:
             client.command("CREATE DATABASE IF NOT EXISTS {db:Identifier}", parameters={"db": self.database})
             client.database = self.database
         except ClickHouseError as exc:
-            if self.embedded and _LOCKED_PATH.search(str(exc)):
+            if self.embedded and (_LOCKED_PATH.search(str(exc)) or path_is_locked(embedded_path(self.url))):
                 raise DataPathInUse(
                     f"the embedded ClickHouse data at {embedded_path(self.url)} is held by another "
                     "process (a running `finops serve`?). Use the running service's API, or stop it first."
