@@ -128,7 +128,11 @@ class CostController(Controller):
             return Stream(
                 chunks(),
                 media_type="text/csv; charset=utf-8",
-                headers={"Content-Disposition": 'attachment; filename="costs.csv"'},
+                # Litestar prefers the handler's JSON media type over the response's own
+                headers={
+                    "Content-Type": "text/csv; charset=utf-8",
+                    "Content-Disposition": 'attachment; filename="costs.csv"',
+                },
             )
         return await costs.query(
             principal,
