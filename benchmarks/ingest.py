@@ -191,9 +191,7 @@ def fallback_catalog() -> list[CatalogPrice]:
             cached_input_per_mtok="0.10",
             batch_discount_pct="50",
         ),
-        _price(
-            "openai", "text-embedding-3-small", "2024-01-25", input_per_mtok="0.02", batch_discount_pct="50"
-        ),
+        _price("openai", "text-embedding-3-small", "2024-01-25", input_per_mtok="0.02", batch_discount_pct="50"),
         _price(
             "gemini",
             "gemini-1.5-flash",
@@ -616,9 +614,7 @@ def phase_single(
     try:
         requests = [post_request(bare.port, "/usage-events", None, b) for b in bodies]
         bare_result = asyncio.run(
-            load_server(
-                bare, "bare Litestar echo", requests[: args.warmup], requests[args.warmup :], args.concurrency
-            )
+            load_server(bare, "bare Litestar echo", requests[: args.warmup], requests[args.warmup :], args.concurrency)
         )
     finally:
         stop_server(bare)
@@ -696,9 +692,7 @@ def prepared_rows(events: Sequence[UsageEventIn], book: PriceBook) -> list[Usage
     return [ingestor.prepare(event, principal, now) for event in events]
 
 
-def raw_inserts(
-    workdir: Path, warmup: Sequence[list[UsageEvent]], measured: Sequence[list[UsageEvent]]
-) -> float:
+def raw_inserts(workdir: Path, warmup: Sequence[list[UsageEvent]], measured: Sequence[list[UsageEvent]]) -> float:
     """Seconds for columnar INSERTs of `measured` (after `warmup`) into a migrated chDB of our own."""
     db = ClickHouse(f"chdb://{workdir / 'raw-ch'}", DATABASE, pool_size=1, max_overflow=0)
     try:
@@ -718,9 +712,7 @@ def raw_inserts(
         db.close()
 
 
-def phase_batch(
-    real: Server, workdir: Path, prices: Sequence[CatalogPrice], args: argparse.Namespace
-) -> BatchFigures:
+def phase_batch(real: Server, workdir: Path, prices: Sequence[CatalogPrice], args: argparse.Namespace) -> BatchFigures:
     size, batches, warm_batches = args.batch_size, args.batches, 2
     say(
         f"phase 2/3 batches: starting ({batches} batches of {size} events, "
@@ -740,9 +732,7 @@ def phase_batch(
     ]
     size_kib = sum(map(len, bodies)) / len(bodies) / 1024
     say(f"API: sending {len(bodies)} batch requests ({size_kib:.0f} KiB each)")
-    result = asyncio.run(
-        api_batches(real, bodies[:warm_batches], bodies[warm_batches:], args.batch_concurrency)
-    )
+    result = asyncio.run(api_batches(real, bodies[:warm_batches], bodies[warm_batches:], args.batch_concurrency))
     api_events = result.ok * size
     say(
         f"API: {api_events} events in {result.seconds:.2f}s = {api_events / result.seconds:,.0f} events/s; "
@@ -841,8 +831,7 @@ def summary(
                 (
                     f"single: {label}",
                     f"{result.rate:,.0f} req/s",
-                    f"p50 {result.percentile(0.5) * 1000:.1f} ms"
-                    f" / p95 {result.percentile(0.95) * 1000:.1f} ms",
+                    f"p50 {result.percentile(0.5) * 1000:.1f} ms / p95 {result.percentile(0.95) * 1000:.1f} ms",
                     "",
                 )
             )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import timedelta
 from typing import Any
 
 import anyio.to_thread
@@ -19,11 +20,13 @@ from litestar.openapi.spec import Components, SecurityScheme
 
 from service.auth.guards import BearerTokenMiddleware
 from service.auth.tokens import TokenVerifier
-from service.costs.controller import CostController
+from service.costs.controller import CostController, refresh_summaries
 from service.costs.query import CostQueries
 from service.costs.service import CostService
+from service.costs.summaries import refresh_cost_summaries
 from service.errors import DomainError, Overloaded
 from service.health.controller import health
+from service.jobs import JobRunner
 from service.metrics import metrics
 from service.openapi import component_schemas
 from service.pricing.calculator import PriceBook
@@ -77,15 +80,18 @@ class AppComponents:
     """Everything the app wires at start-up."""
 
     def __init__(
-        self, db: ClickHouse, pricing: PricingState, buffer: GroupCommitBuffer, settings: Settings
+        self, db: ClickHouse, pricing: PricingState, buffer: GroupCommitBuffer, jobs: JobRunner, settings: Settings
     ) -> None:
         self.db = db
+        self.jobs = jobs
         self.pricing = pricing
         self.buffer = buffer
         self.ingestor = Ingestor(pricing, buffer, settings.ingest)
         self.repository = UsageRepository(db)
         self.cost_queries = CostQueries(db)
-        self.costs = CostService(self.cost_queries, settings.costs.max_range_days)
+        self.costs = CostService(
+            self.cost_queries, settings.costs.max_range_days, timedelta(seconds=settings.costs.summary_slack_s)
+        )
 
 
 def _error_body(status: int, detail: str, errors: list[dict[str, Any]] | None = None) -> dict[str, Any]:
@@ -101,9 +107,7 @@ def handle_domain_error(_: Request[Any, Any, Any], exc: DomainError) -> Response
         headers["Retry-After"] = str(exc.retry_after)
     if exc.status_code == 401:
         headers["WWW-Authenticate"] = "Bearer"
-    return Response(
-        _error_body(exc.status_code, exc.detail, exc.errors), status_code=exc.status_code, headers=headers
-    )
+    return Response(_error_body(exc.status_code, exc.detail, exc.errors), status_code=exc.status_code, headers=headers)
 
 
 def handle_http_exception(_: Request[Any, Any, Any], exc: HTTPException) -> Response[dict[str, Any]]:
@@ -113,9 +117,7 @@ def handle_http_exception(_: Request[Any, Any, Any], exc: HTTPException) -> Resp
         status = 422
         for item in exc.extra if isinstance(exc.extra, list) else []:
             if isinstance(item, dict):
-                errors.append(
-                    {"field": item.get("key"), "reason": item.get("message"), "source": item.get("source")}
-                )
+                errors.append({"field": item.get("key"), "reason": item.get("message"), "source": item.get("source")})
         if not errors and exc.detail.startswith("Malformed"):
             status = 400
     return Response(_error_body(status, exc.detail, errors), status_code=status, headers=exc.headers)
@@ -142,6 +144,9 @@ def create_app(
     def provide_db() -> ClickHouse:
         return wired[0].db
 
+    def provide_jobs() -> JobRunner:
+        return wired[0].jobs
+
     def provide_costs() -> CostService:
         return wired[0].costs
 
@@ -157,19 +162,25 @@ def create_app(
             )
             buffer = GroupCommitBuffer(database, settings.ingest)
             buffer.start()
-            wired.append(AppComponents(database, PricingState(book), buffer, settings))
-            log.info(
-                "finops-svc ready: %d prices loaded, ClickHouse at %s", len(book), _safe_url(database.url)
+            jobs = JobRunner()
+            jobs.every(
+                "cost_summaries",
+                settings.costs.aggregation_interval_s,
+                lambda: refresh_cost_summaries(database, timedelta(seconds=settings.costs.summary_slack_s)),
             )
+            jobs.start()
+            wired.append(AppComponents(database, PricingState(book), buffer, jobs, settings))
+            log.info("finops-svc ready: %d prices loaded, ClickHouse at %s", len(book), _safe_url(database.url))
             try:
                 yield
             finally:
                 wired.clear()
+                await jobs.stop()
                 await buffer.stop()
         finally:
             await anyio.to_thread.run_sync(database.close)
 
-    handlers: list[Any] = [UsageEventController, CostController, health]
+    handlers: list[Any] = [UsageEventController, CostController, refresh_summaries, health]
     if settings.prometheus_metrics_enabled:
         handlers.append(metrics)
     app = Litestar(
@@ -180,6 +191,7 @@ def create_app(
             "repository": Provide(provide_repository, sync_to_thread=False),
             "db": Provide(provide_db, sync_to_thread=False),
             "costs": Provide(provide_costs, sync_to_thread=False),
+            "jobs": Provide(provide_jobs, sync_to_thread=False),
             "queries": Provide(provide_cost_queries, sync_to_thread=False),
         },
         middleware=[DefineMiddleware(BearerTokenMiddleware, verifier=verifier, exclude=PUBLIC_PATHS)],

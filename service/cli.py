@@ -45,12 +45,8 @@ def with_jwt_secret(settings: Settings) -> Settings:
             "JWT_SECRET is not set. Set it to a long random value (e.g. `openssl rand -hex 32`), "
             "or run with FINOPS_ENV=development for a local development secret."
         )
-    log.warning(
-        "FINOPS_ENV=development: using the built-in development JWT_SECRET; never use it in production"
-    )
-    return dataclasses.replace(
-        settings, auth=dataclasses.replace(settings.auth, jwt_secret=DEVELOPMENT_SECRET)
-    )
+    log.warning("FINOPS_ENV=development: using the built-in development JWT_SECRET; never use it in production")
+    return dataclasses.replace(settings, auth=dataclasses.replace(settings.auth, jwt_secret=DEVELOPMENT_SECRET))
 
 
 def api_answers(api_url: str) -> bool:
@@ -170,13 +166,10 @@ def _demo_through_api(
             )
             if response.status_code == 401:
                 raise CommandError(
-                    "the running service refused the demo token (401): "
-                    "its JWT_SECRET differs from this shell's"
+                    "the running service refused the demo token (401): its JWT_SECRET differs from this shell's"
                 )
             if response.status_code >= 300:
-                raise CommandError(
-                    f"POST /usage-events/batch answered {response.status_code}: {response.text[:300]}"
-                )
+                raise CommandError(f"POST /usage-events/batch answered {response.status_code}: {response.text[:300]}")
             body = response.json()
             stored += body["accepted"]
             duplicates += body["duplicates"]

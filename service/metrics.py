@@ -26,12 +26,17 @@ INGEST_FLUSH_SECONDS = Histogram(
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
 )
 INGEST_EVENTS = Counter("finops_ingest_events_total", "Events stored, by pricing status.", ["pricing_status"])
-INGEST_DUPLICATES = Counter(
-    "finops_ingest_duplicates_total", "Events dropped as repeats of a stored event_id."
-)
+INGEST_DUPLICATES = Counter("finops_ingest_duplicates_total", "Events dropped as repeats of a stored event_id.")
 INGEST_REJECTED = Counter("finops_ingest_rejected_total", "Requests refused because the buffer was full.")
-UNPRICED_EVENTS = Counter(
-    "finops_unpriced_events_total", "Events stored without a price, by provider.", ["provider"]
+UNPRICED_EVENTS = Counter("finops_unpriced_events_total", "Events stored without a price, by provider.", ["provider"])
+
+
+JOB_RUNS = Counter("finops_job_runs_total", "Background job runs by job and outcome.", ["job", "outcome"])
+JOB_SECONDS = Histogram(
+    "finops_job_seconds",
+    "Background job run time.",
+    ["job"],
+    buckets=(0.01, 0.05, 0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
 )
 
 

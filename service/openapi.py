@@ -38,9 +38,7 @@ def to_schema(data: dict[str, Any]) -> Schema | Reference:
     fields: dict[str, Any] = {}
     for key, value in data.items():
         if key == "type":
-            fields["type"] = (
-                [OpenAPIType(v) for v in value] if isinstance(value, list) else OpenAPIType(value)
-            )
+            fields["type"] = [OpenAPIType(v) for v in value] if isinstance(value, list) else OpenAPIType(value)
         elif key == "format":
             try:
                 fields["format"] = OpenAPIFormat(value)
@@ -71,8 +69,6 @@ def json_body_operation(name: str, body: Schema | Reference) -> type[Operation]:
 
     def __init__(self: Operation, *args: Any, **kwargs: Any) -> None:
         Operation.__init__(self, *args, **kwargs)
-        self.request_body = RequestBody(
-            required=True, content={"application/json": OpenAPIMediaType(schema=body)}
-        )
+        self.request_body = RequestBody(required=True, content={"application/json": OpenAPIMediaType(schema=body)})
 
     return type(name, (Operation,), {"__init__": __init__})

@@ -96,9 +96,7 @@ class IngestSettings:
     (INGEST_FLUSH_INTERVAL_MS). Rows that arrive while a write runs form the next batch."""
     flush_max_rows: int = field(default_factory=lambda: _int("INGEST_FLUSH_MAX_ROWS", 20000, minimum=1))
     """Rows per INSERT at most; a single batch request is never split (INGEST_FLUSH_MAX_ROWS)."""
-    max_concurrent_writes: int = field(
-        default_factory=lambda: _int("INGEST_MAX_CONCURRENT_WRITES", 2, minimum=1)
-    )
+    max_concurrent_writes: int = field(default_factory=lambda: _int("INGEST_MAX_CONCURRENT_WRITES", 2, minimum=1))
     """Group-commit INSERTs in flight at once; the next batch gathers meanwhile
     (INGEST_MAX_CONCURRENT_WRITES)."""
     buffer_max_rows: int = field(default_factory=lambda: _int("INGEST_BUFFER_MAX_ROWS", 100000, minimum=1))
@@ -113,10 +111,11 @@ class IngestSettings:
 class CostSettings:
     max_range_days: int = field(default_factory=lambda: _int("COST_QUERY_MAX_DAYS", 732, minimum=1))
     """Longest range a cost query may span (COST_QUERY_MAX_DAYS)."""
-    aggregation_interval_s: int = field(
-        default_factory=lambda: _int("COST_AGGREGATION_INTERVAL", 3600, minimum=1)
-    )
+    aggregation_interval_s: int = field(default_factory=lambda: _int("COST_AGGREGATION_INTERVAL", 3600, minimum=1))
     """Seconds between refreshes of `cost_summaries` (COST_AGGREGATION_INTERVAL)."""
+    summary_slack_s: int = field(default_factory=lambda: _int("COST_SUMMARY_SLACK_SECONDS", 60))
+    """Longest delay between accepting an event and its write landing; summaries distrust
+    that much before their watermark (COST_SUMMARY_SLACK_SECONDS)."""
 
 
 @dataclass(frozen=True)
@@ -128,9 +127,7 @@ class Settings:
     costs: CostSettings = field(default_factory=CostSettings)
     redis_url: str = field(default_factory=lambda: _env("REDIS_URL", ""))
     """Redis for arq job queues and shared state; empty runs everything in-process (REDIS_URL)."""
-    prometheus_metrics_enabled: bool = field(
-        default_factory=lambda: _bool("PROMETHEUS_METRICS_ENABLED", True)
-    )
+    prometheus_metrics_enabled: bool = field(default_factory=lambda: _bool("PROMETHEUS_METRICS_ENABLED", True))
     """Serve GET /metrics (PROMETHEUS_METRICS_ENABLED)."""
 
     @classmethod

@@ -13,7 +13,7 @@ from litestar.testing import TestClient
 from service.app import create_app
 from service.auth.principal import Role
 from service.auth.tokens import issue_token
-from service.settings import AuthSettings, DatabaseSettings, IngestSettings, Settings
+from service.settings import AuthSettings, CostSettings, DatabaseSettings, IngestSettings, Settings
 from service.storage.clickhouse import ClickHouse
 from service.storage.migrations import migrate
 
@@ -33,11 +33,11 @@ def fresh_database_name() -> str:
 
 def make_settings(url: str, database: str, **ingest: int) -> Settings:
     return Settings(
-        database=DatabaseSettings(
-            url=url, database=database, pool_size=2, max_overflow=2, query_timeout_s=30
-        ),
+        database=DatabaseSettings(url=url, database=database, pool_size=2, max_overflow=2, query_timeout_s=30),
         auth=AuthSettings(jwt_secret=JWT_SECRET, jwt_algorithm="HS256", jwt_expiration_minutes=60),
         ingest=IngestSettings(**ingest) if ingest else IngestSettings(),
+        # tests wait for every write, so no write is in flight when a summary refresh runs
+        costs=CostSettings(max_range_days=732, aggregation_interval_s=3600, summary_slack_s=0),
         redis_url="",
         prometheus_metrics_enabled=True,
     )
@@ -95,9 +95,7 @@ def clickhouse_server_url() -> Iterator[str]:
 
         docker.from_env(timeout=3).ping()
     except Exception as exc:
-        pytest.skip(
-            f"no ClickHouse server: set CLICKHOUSE_TEST_URL or run a Docker engine ({type(exc).__name__})"
-        )
+        pytest.skip(f"no ClickHouse server: set CLICKHOUSE_TEST_URL or run a Docker engine ({type(exc).__name__})")
     from testcontainers.clickhouse import ClickHouseContainer
 
     with ClickHouseContainer("clickhouse/clickhouse-server:24.8") as container:

@@ -255,9 +255,7 @@ def test_token_in_production_without_jwt_secret_exits_1_naming_it(tmp_path: Path
 
 def test_serve_in_production_without_jwt_secret_refuses_to_start(tmp_path: Path) -> None:
     port = free_port()
-    run = finops(
-        "serve", "--port", str(port), env=cli_env(tmp_path, JWT_SECRET=None), cwd=tmp_path, timeout=30
-    )
+    run = finops("serve", "--port", str(port), env=cli_env(tmp_path, JWT_SECRET=None), cwd=tmp_path, timeout=30)
 
     assert run.returncode == 1
     assert "JWT_SECRET is not set" in run.line("finops serve:")
@@ -353,9 +351,7 @@ def test_demo_goes_through_the_running_api(journey: Journey) -> None:
     run = _run(journey.demo_via_api)
 
     assert run.returncode == 0, run.stderr
-    assert run.stdout.strip() == (
-        f"demo: 300 events stored, 0 duplicates, through the API at {journey.api_url}"
-    )
+    assert run.stdout.strip() == (f"demo: 300 events stored, 0 duplicates, through the API at {journey.api_url}")
 
 
 def test_demo_events_are_listed_by_the_api_with_prices(journey: Journey) -> None:

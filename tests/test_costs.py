@@ -74,16 +74,16 @@ def test_plan_buckets_local_days_from_hourly_rollups() -> None:
 
 
 def test_plan_reads_raw_events_for_half_hour_zones_and_short_ranges() -> None:
-    assert [
-        s.source for s in plan(at("2026-03-01T00:00:00Z"), at("2026-03-10T00:00:00Z"), "day", "Asia/Kolkata")
-    ] == ["usage_events"]
+    assert [s.source for s in plan(at("2026-03-01T00:00:00Z"), at("2026-03-10T00:00:00Z"), "day", "Asia/Kolkata")] == [
+        "usage_events"
+    ]
     # without local buckets the zone does not matter
     assert "usage_daily" in {
         s.source for s in plan(at("2026-03-01T00:00:00Z"), at("2026-03-10T00:00:00Z"), "none", "Asia/Kolkata")
     }
-    assert [
-        s.source for s in plan(at("2026-03-01T10:10:00Z"), at("2026-03-01T10:50:00Z"), "none", "UTC")
-    ] == ["usage_events"]
+    assert [s.source for s in plan(at("2026-03-01T10:10:00Z"), at("2026-03-01T10:50:00Z"), "none", "UTC")] == [
+        "usage_events"
+    ]
 
 
 # -- totals equal the raw events -------------------------------------------------
@@ -133,9 +133,7 @@ def test_totals_equal_raw_sums_to_the_last_decimal(client: Client, auth: Auth, d
     assert learners["all_others"]["cost_usd"] == "0.4"
     assert learners["total"]["cost_usd"] == "2.100000000001"
     for service in ("tutor-chat", "quiz"):
-        filtered = client.get(
-            "/costs/query", params={**params, "service": service}, headers=auth("admin")
-        ).json()
+        filtered = client.get("/costs/query", params={**params, "service": service}, headers=auth("admin")).json()
         assert Decimal(filtered["total"]["cost_usd"]) == raw_total(db, START, END, service=service)
 
 
@@ -165,9 +163,7 @@ def test_daily_buckets_in_new_york_across_the_dst_change(client: Client, auth: A
     }
     assert body["total"]["cost_usd"] == "15"
     summary = client.get("/costs/summary", params={**params, "period": "day"}, headers=auth("admin")).json()
-    assert [
-        (p["period_start"], p["cost_usd"], p["change_usd"], p["change_pct"]) for p in summary["periods"]
-    ] == [
+    assert [(p["period_start"], p["cost_usd"], p["change_usd"], p["change_pct"]) for p in summary["periods"]] == [
         ("2026-03-07T00:00:00-05:00", "1", "1", None),
         ("2026-03-08T00:00:00-05:00", "6", "5", "500"),
         ("2026-03-09T00:00:00-04:00", "8", "2", "33.33"),
@@ -177,9 +173,7 @@ def test_daily_buckets_in_new_york_across_the_dst_change(client: Client, auth: A
 
 
 def test_half_hour_zone_buckets_from_raw_events(client: Client, auth: Auth) -> None:
-    record(
-        client, auth, [ev("2026-03-01T18:29:59Z", "1"), ev("2026-03-01T18:30:00Z", "2")]
-    )  # 23:59:59 / 00:00 IST
+    record(client, auth, [ev("2026-03-01T18:29:59Z", "1"), ev("2026-03-01T18:30:00Z", "2")])  # 23:59:59 / 00:00 IST
     body = client.get(
         "/costs/query",
         params={
@@ -210,9 +204,7 @@ APRIL = {"start": "2026-04-01T00:00:00Z", "end": "2026-04-04T00:00:00Z"}
 
 def test_group_by_order_by_and_repeated_filters(client: Client, auth: Auth) -> None:
     record(client, auth, MIX)
-    by_cost = client.get(
-        "/costs/query", params={**APRIL, "group_by": "service"}, headers=auth("admin")
-    ).json()
+    by_cost = client.get("/costs/query", params={**APRIL, "group_by": "service"}, headers=auth("admin")).json()
     assert [(r["service"], r["cost_usd"]) for r in by_cost["rows"]] == [
         ("quiz", "8"),
         ("tutor-chat", "5"),
@@ -361,3 +353,59 @@ def test_by_learner_needs_one_tenant_for_admins_and_searches(client: Client, aut
     ).json()
     assert [row["learner_id"] for row in found["learners"]] == ["learner-2"]
     assert found["all_others"]["cost_usd"] == "2"
+
+
+# -- cost_summaries ------------------------------------------------------------------
+
+
+def test_summaries_read_precomputed_periods_and_stay_exact_when_late_events_arrive(
+    client: Client, auth: Auth, db: ClickHouse
+) -> None:
+    record(client, auth, [ev("2026-05-04T10:00:00Z", "1"), ev("2026-05-11T10:00:00Z", "2", service="quiz")])
+    params = {"period": "week", "start": "2026-05-04T00:00:00Z", "end": "2026-05-25T00:00:00Z"}
+
+    def summary() -> dict[str, Any]:
+        response = client.get("/costs/summary", params=params, headers=auth("admin"))
+        assert response.status_code == 200, response.text
+        body: dict[str, Any] = response.json()
+        return body
+
+    assert client.post("/costs/summaries/refresh", headers=auth("tenant-admin", "school-a")).status_code == 403
+    run = client.post("/costs/summaries/refresh", headers=auth("admin"))
+    assert run.status_code == 200
+    assert run.json()["days"] == 2
+    assert run.json()["rows"] == 2 + 2 + 2  # a row per day, per week, and per service in May
+
+    first = summary()
+    assert first["precomputed_until"] == "2026-05-25T00:00:00Z"
+    assert [p["cost_usd"] for p in first["periods"]] == ["1", "2", "0"]
+    assert first["periods"][1]["top_services"] == [{"name": "quiz", "cost_usd": "2"}]
+    assert first["total"]["cost_usd"] == "3"
+
+    # a late event for an already summarised week: that week is read from the rollups
+    record(client, auth, [ev("2026-05-12T10:00:00Z", "0.000000000004", service="essay")])
+    late = summary()
+    assert late["precomputed_until"] == "2026-05-11T00:00:00Z"
+    assert [p["cost_usd"] for p in late["periods"]] == ["1", "2.000000000004", "0"]
+    assert late["total"]["cost_usd"] == str(raw_total(db, "2026-05-04T00:00:00Z", "2026-05-25T00:00:00Z"))
+
+    again = client.post("/costs/summaries/refresh", headers=auth("admin")).json()
+    assert again["days"] == 1
+    refreshed = summary()
+    assert [p["cost_usd"] for p in refreshed["periods"]] == ["1", "2.000000000004", "0"]
+    assert refreshed["total"]["cost_usd"] == "3.000000000004"
+    assert client.post("/costs/summaries/refresh", headers=auth("admin")).json()["days"] == 0
+
+
+def test_summaries_are_not_used_for_other_zones_or_learner_filters(client: Client, auth: Auth) -> None:
+    record(client, auth, [ev("2026-05-04T10:00:00Z", "1", learner_id="learner-9")])
+    client.post("/costs/summaries/refresh", headers=auth("admin"))
+    params = {"period": "day", "start": "2026-05-04T00:00:00Z", "end": "2026-05-06T00:00:00Z"}
+    utc = client.get("/costs/summary", params=params, headers=auth("admin")).json()
+    assert utc["precomputed_until"] is not None
+    paris = client.get("/costs/summary", params={**params, "tz": "Europe/Paris"}, headers=auth("admin")).json()
+    assert paris["precomputed_until"] is None
+    assert paris["total"]["cost_usd"] == "1"
+    learner = client.get("/costs/summary", params={**params, "learner_id": "learner-9"}, headers=auth("admin")).json()
+    assert learner["precomputed_until"] is None
+    assert learner["total"]["cost_usd"] == "1"

@@ -74,9 +74,7 @@ def test_a_full_buffer_answers_503_with_retry_after(chdb_url: str, auth: Auth) -
         assert response.status_code == 503
         assert response.headers["retry-after"] == "1"
         assert all_ids(client, auth) == []
-        ok = client.post(
-            "/usage-events/batch", json={"events": [event() for _ in range(5)]}, headers=auth("service")
-        )
+        ok = client.post("/usage-events/batch", json={"events": [event() for _ in range(5)]}, headers=auth("service"))
         assert ok.status_code == 201
 
 

@@ -131,9 +131,7 @@ def test_migrate_applies_every_file_in_order_and_records_it(fresh: ClickHouse) -
 
     assert applied == expected
     assert lines == [f"applying {m.path.name}" for m in expected]
-    records = fresh.query(
-        "SELECT version, name, checksum FROM schema_migrations ORDER BY version", label="test"
-    )
+    records = fresh.query("SELECT version, name, checksum FROM schema_migrations ORDER BY version", label="test")
     assert records == [(m.version, m.name, m.checksum) for m in expected]
     assert applied_versions(fresh) == {m.version: m.checksum for m in expected}
     assert pending(fresh) == []
@@ -215,14 +213,10 @@ def test_two_databases_on_one_engine_are_isolated(db: ClickHouse, settings: Sett
         ):
             rows = database.query("SELECT event_id FROM usage_events ORDER BY event_id", label="test")
             assert [r[0] for r in rows] == ids
-            keys = database.query(
-                "SELECT tenant_id, event_id FROM usage_event_keys ORDER BY event_id", label="test"
-            )
+            keys = database.query("SELECT tenant_id, event_id FROM usage_event_keys ORDER BY event_id", label="test")
             assert keys == [(tenant, i) for i in ids]
             for rollup in ("usage_hourly", "usage_daily"):
-                totals = database.query(
-                    f"SELECT tenant_id, sum(events) FROM {rollup} GROUP BY tenant_id", label="test"
-                )
+                totals = database.query(f"SELECT tenant_id, sum(events) FROM {rollup} GROUP BY tenant_id", label="test")
                 assert totals == [(tenant, len(ids))]
     finally:
         other.close()
@@ -239,9 +233,7 @@ def test_materialized_views_roll_usage_up_by_hour_and_day(db: ClickHouse) -> Non
     first = [
         stored_event("a", day1_10h, input_tokens=1000, output_tokens=200, cost_usd="0.000123456789"),
         stored_event("b", day1_10h_late, input_tokens=50, output_tokens=5, cost_usd="1.5"),
-        stored_event(
-            "c", day1_11h, input_tokens=7, output_tokens=0, cost_usd=None, pricing_status="unpriced"
-        ),
+        stored_event("c", day1_11h, input_tokens=7, output_tokens=0, cost_usd=None, pricing_status="unpriced"),
     ]
     second = [
         stored_event("d", day2_09h, input_tokens=300, output_tokens=30, cost_usd="0.1", learner_id=None),

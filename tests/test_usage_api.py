@@ -61,26 +61,18 @@ def test_event_id_is_generated_when_absent(client: Client, auth: Auth) -> None:
     assert stored_count(client, auth) == 2
 
 
-def test_replayed_event_id_answers_200_with_the_original_and_stores_nothing(
-    client: Client, auth: Auth
-) -> None:
+def test_replayed_event_id_answers_200_with_the_original_and_stores_nothing(client: Client, auth: Auth) -> None:
     original = client.post("/usage-events", json=event(event_id="dup-1"), headers=auth("service"))
     assert original.status_code == 201
-    replay = client.post(
-        "/usage-events", json=event(event_id="dup-1", input_tokens=999_999), headers=auth("service")
-    )
+    replay = client.post("/usage-events", json=event(event_id="dup-1", input_tokens=999_999), headers=auth("service"))
     assert replay.status_code == 200
     assert replay.json() == original.json()
     assert stored_count(client, auth) == 1
 
 
 def test_same_event_id_in_two_tenants_are_two_events(client: Client, auth: Auth) -> None:
-    a = client.post(
-        "/usage-events", json=event(event_id="shared", tenant_id="school-a"), headers=auth("service")
-    )
-    b = client.post(
-        "/usage-events", json=event(event_id="shared", tenant_id="school-b"), headers=auth("service")
-    )
+    a = client.post("/usage-events", json=event(event_id="shared", tenant_id="school-a"), headers=auth("service"))
+    b = client.post("/usage-events", json=event(event_id="shared", tenant_id="school-b"), headers=auth("service"))
     assert (a.status_code, b.status_code) == (201, 201)
     assert b.json()["tenant_id"] == "school-b"
     assert stored_count(client, auth) == 2
@@ -137,9 +129,7 @@ def test_batch_with_bad_items_names_each_and_stores_nothing(client: Client, auth
 
 
 def test_oversized_batch_is_refused(client: Client, auth: Auth) -> None:
-    response = client.post(
-        "/usage-events/batch", json={"events": [event()] * 10_001}, headers=auth("service")
-    )
+    response = client.post("/usage-events/batch", json={"events": [event()] * 10_001}, headers=auth("service"))
     assert response.status_code == 422
     assert "10000" in response.json()["detail"]
     assert stored_count(client, auth) == 0
@@ -190,9 +180,7 @@ def test_malformed_json_is_400(client: Client, auth: Auth) -> None:
 def test_timestamp_five_minutes_ahead_is_accepted_ten_is_not(client: Client, auth: Auth) -> None:
     soon = (datetime.now(UTC) + timedelta(minutes=4)).isoformat()
     late = (datetime.now(UTC) + timedelta(minutes=6)).isoformat()
-    assert (
-        client.post("/usage-events", json=event(timestamp=soon), headers=auth("service")).status_code == 201
-    )
+    assert client.post("/usage-events", json=event(timestamp=soon), headers=auth("service")).status_code == 201
     refused = client.post("/usage-events", json=event(timestamp=late), headers=auth("service"))
     assert refused.status_code == 422
     assert refused.json()["errors"][0]["field"] == "timestamp"
@@ -202,9 +190,7 @@ def test_service_token_with_tenant_records_only_for_its_tenant(client: Client, a
     own = client.post("/usage-events", json=event(tenant_id=None), headers=auth("service", "school-a"))
     assert own.status_code == 201
     assert own.json()["tenant_id"] == "school-a"
-    other = client.post(
-        "/usage-events", json=event(tenant_id="school-b"), headers=auth("service", "school-a")
-    )
+    other = client.post("/usage-events", json=event(tenant_id="school-b"), headers=auth("service", "school-a"))
     assert other.status_code == 403
     batch = client.post(
         "/usage-events/batch",
@@ -238,10 +224,7 @@ def seed(client: Client, auth: Auth) -> None:
             )
         )
     events.append(event(event_id="b-0", tenant_id="school-b", timestamp=start.isoformat()))
-    assert (
-        client.post("/usage-events/batch", json={"events": events}, headers=auth("service")).status_code
-        == 201
-    )
+    assert client.post("/usage-events/batch", json={"events": events}, headers=auth("service")).status_code == 201
 
 
 def test_pagination_walks_every_event_newest_first(client: Client, auth: Auth) -> None:
@@ -286,9 +269,7 @@ def test_user_sees_only_its_tenant(client: Client, auth: Auth) -> None:
     assert [item["event_id"] for item in page["items"]] == ["b-0"]
     assert client.get("/usage-events/a-0", headers=auth("user", "school-b")).status_code == 404
     assert client.get("/usage-events/a-0", headers=auth("tenant-admin", "school-a")).status_code == 200
-    forbidden = client.get(
-        "/usage-events", params={"tenant_id": "school-a"}, headers=auth("user", "school-b")
-    )
+    forbidden = client.get("/usage-events", params={"tenant_id": "school-a"}, headers=auth("user", "school-b"))
     assert forbidden.status_code == 403
     assert client.get("/usage-events/a-0", headers=auth("admin")).status_code == 200
     assert client.get("/usage-events/nope", headers=auth("admin")).status_code == 404
@@ -349,9 +330,7 @@ def test_every_role_against_every_route(
     client.post("/usage-events", json=event(event_id="r-1"), headers=auth("admin"))
     tenant = None if role in ("admin", "service") else "school-a"
     body: Any = {"events": [event()]} if path.endswith("batch") else event()
-    response = client.request(
-        method, path, headers=auth(role, tenant), json=body if method == "POST" else None
-    )
+    response = client.request(method, path, headers=auth(role, tenant), json=body if method == "POST" else None)
     if role in allowed:
         assert response.status_code in (200, 201), response.text
     else:
@@ -392,8 +371,4 @@ def test_metrics_count_what_was_ingested(client: Client, auth: Auth) -> None:
     assert after.headers["content-type"].startswith("text/plain")
     name = 'finops_unpriced_events_total{provider="openai"}'
     assert sample(after.text, name) - sample(before, name) == 1
-    assert (
-        sample(after.text, "finops_ingest_duplicates_total")
-        - sample(before, "finops_ingest_duplicates_total")
-        == 1
-    )
+    assert sample(after.text, "finops_ingest_duplicates_total") - sample(before, "finops_ingest_duplicates_total") == 1

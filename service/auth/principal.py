@@ -59,9 +59,7 @@ class Principal:
             raise Forbidden(f"role {self.role} cannot record usage events")
         if self.tenant_id is not None:
             if event_tenant is not None and event_tenant != self.tenant_id:
-                raise Forbidden(
-                    f"token is limited to tenant {self.tenant_id!r}; event names {event_tenant!r}"
-                )
+                raise Forbidden(f"token is limited to tenant {self.tenant_id!r}; event names {event_tenant!r}")
             return self.tenant_id
         if event_tenant is None:
             raise InvalidInput(

@@ -9,18 +9,20 @@ from datetime import datetime
 from typing import Annotated, Any
 
 import anyio.to_thread
-from litestar import Controller, Request, get
+from litestar import Controller, Request, get, post
 from litestar.di import NamedDependency
 from litestar.params import FromQuery, QueryParameter
 from litestar.response import Stream
 
 from service.auth.guards import principal_of, require_roles
-from service.auth.principal import READERS
+from service.auth.principal import READERS, Role
 from service.costs.periods import Period
 from service.costs.plan import Granularity
 from service.costs.query import COUNTS, CostQueries
 from service.costs.schemas import CostQueryResult, CostSummary, LearnerBreakdown, ServiceBreakdown
 from service.costs.service import CostService, check_group_by, problem, row_out, split_values
+from service.costs.summaries import RefreshRun
+from service.jobs import JobRunner
 from service.money import money_str
 
 AUTH = "Auth: bearer JWT with role `admin` (every tenant), `tenant-admin` or `user` (their own tenant only)."
@@ -95,9 +97,7 @@ class CostController(Controller):
         if wants_csv(request, format):
             filters, zone = costs.export_filter(principal, start, end, tz, values, order_by)
             rows = await anyio.to_thread.run_sync(
-                lambda: queries.grouped(
-                    filters, groups, granularity, tz, order_by=order_by, label="costs.csv"
-                )
+                lambda: queries.grouped(filters, groups, granularity, tz, order_by=order_by, label="costs.csv")
             )
             header = [*(["bucket"] if granularity != "none" else []), *groups, "cost_usd", *COUNTS]
 
@@ -183,9 +183,7 @@ class CostController(Controller):
             model=model,
             region=region,
         )
-        return await costs.summary(
-            principal_of(request), start=start, end=end, period=period, tz=tz, values=values
-        )
+        return await costs.summary(principal_of(request), start=start, end=end, period=period, tz=tz, values=values)
 
     @get(
         "/by-service",
@@ -241,7 +239,22 @@ class CostController(Controller):
         limit: Annotated[int, QueryParameter(ge=1, le=1000)] = 10,
         q: FromQuery[str | None] = None,
     ) -> LearnerBreakdown:
-        values = dimension_values(
-            tenant_id=tenant_id, service=service, provider=provider, model=model, region=region
-        )
+        values = dimension_values(tenant_id=tenant_id, service=service, provider=provider, model=model, region=region)
         return await costs.by_learner(principal_of(request), start, end, values, limit, q)
+
+
+@post(
+    "/costs/summaries/refresh",
+    operation_id="refreshCostSummaries",
+    guards=[require_roles(Role.ADMIN)],
+    status_code=200,
+    tags=["costs"],
+    summary="Refresh cost_summaries now",
+    description=(
+        "Recomputes the pre-computed UTC periods touched by events received since the last refresh (the job also "
+        "runs every COST_AGGREGATION_INTERVAL seconds). Answers what the run did. Auth: bearer JWT with role `admin`."
+    ),
+)
+async def refresh_summaries(jobs: NamedDependency[JobRunner]) -> RefreshRun:
+    result: RefreshRun = await jobs.run("cost_summaries")
+    return result

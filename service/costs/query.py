@@ -178,6 +178,76 @@ class CostQueries:
             result.append(CostRow(key_values, bucket_value, row[offset_measures + len(COUNTS)], counts))
         return result
 
+    def precomputed(
+        self, filters: CostFilter, period: str, dimension: str | None, label: str = "costs.precomputed"
+    ) -> list[CostRow]:
+        """Rows per UTC period (and `dimension`) from `cost_summaries`, for periods
+        starting in [filters.start, filters.end); the range must hold whole periods."""
+        params: dict[str, Any] = {
+            "period": period,
+            "first": filters.start.astimezone(UTC).date(),
+            "last": filters.end.astimezone(UTC).date(),
+        }
+        where = " AND ".join(
+            [
+                "period = {period:String}",
+                "period_start >= {first:Date}",
+                "period_start < {last:Date}",
+                *filters.where(params),
+            ]
+        )
+        dims = [dimension] if dimension else []
+        keys = ", ".join(["bucket", *dims])
+        bucket = "toUnixTimestamp(toDateTime(period_start, 'UTC')) AS bucket"
+        sql = (
+            f"SELECT {', '.join([*dims, bucket, _SUMS])} FROM cost_summaries FINAL WHERE {where} "
+            f"GROUP BY {keys} ORDER BY cost_usd DESC, {keys}"
+        )
+        rows = self.db.query(sql, params, label=label)
+        width = 1 if dimension else 0
+        return [
+            CostRow(
+                {dimension: row[0] or None} if dimension else {},
+                int(row[width]),
+                row[width + 1 + len(COUNTS)],
+                {name: int(row[width + 1 + i]) for i, name in enumerate(COUNTS)},
+            )
+            for row in rows
+        ]
+
+    def freshness(self, filters: CostFilter, period: str) -> dict[int, tuple[datetime | None, datetime | None]]:
+        """Per UTC period starting in [filters.start, filters.end): when its days last
+        received an event (usage_daily) and when its summary was computed (cost_summaries)."""
+        params: dict[str, Any] = {
+            "period": period,
+            "first": filters.start.astimezone(UTC).date(),
+            "last": filters.end.astimezone(UTC).date(),
+        }
+        where = filters.where(params)
+        day = {"day": "bucket", "week": "toMonday(bucket)", "month": "toStartOfMonth(bucket)"}[period]
+        received = self.db.query(
+            f"SELECT toUnixTimestamp(toDateTime({day}, 'UTC')) AS p, max(last_received_at) FROM usage_daily "
+            f"WHERE {' AND '.join([f'{day} >= {{first:Date}}', f'{day} < {{last:Date}}', *where])} GROUP BY p",
+            params,
+            label="costs.freshness",
+        )
+        computed = self.db.query(
+            "SELECT toUnixTimestamp(toDateTime(period_start, 'UTC')) AS p, min(computed_at) FROM cost_summaries FINAL "
+            "WHERE "
+            + " AND ".join(
+                ["period = {period:String}", "period_start >= {first:Date}", "period_start < {last:Date}", *where]
+            )
+            + " GROUP BY p",
+            params,
+            label="costs.freshness",
+        )
+        out: dict[int, tuple[datetime | None, datetime | None]] = {}
+        for key, when in received:
+            out[int(key)] = (_aware(when), None)
+        for key, when in computed:
+            out[int(key)] = (out.get(int(key), (None, None))[0], _aware(when))
+        return out
+
     def total(self, filters: CostFilter, label: str = "costs.total") -> Totals:
         """Sums over the whole filtered range."""
         rows = self.grouped(filters, [], "none", "UTC", label=label)
@@ -186,5 +256,5 @@ class CostQueries:
         return Totals(rows[0].cost_usd, rows[0].counts)
 
 
-def utc(moment: datetime) -> datetime:
-    return moment.astimezone(UTC)
+def _aware(moment: datetime) -> datetime:
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)

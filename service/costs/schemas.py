@@ -106,3 +106,5 @@ class CostSummary(msgspec.Struct):
     tz: str
     periods: list[PeriodSummary]
     total: CostTotals
+    precomputed_until: str | None = None
+    """Periods before this instant were read from cost_summaries."""

@@ -18,7 +18,7 @@ import msgspec
 
 from service.auth.principal import Principal
 from service.costs.periods import Period, next_period, period_start, previous_period
-from service.costs.plan import Granularity
+from service.costs.plan import UTC_NAMES, Granularity
 from service.costs.query import COUNTS, DIMENSIONS, ORDERS, CostFilter, CostQueries, CostRow, Totals
 from service.costs.schemas import (
     CostQueryResult,
@@ -33,10 +33,12 @@ from service.costs.schemas import (
     ShareRow,
 )
 from service.costs.schemas import CostRow as CostRowOut
+from service.costs.summaries import DEFAULT_SLACK, last_watermark
 from service.errors import InvalidInput
 from service.money import money_str
 
 HUNDRED = Decimal(100)
+SUMMARY_DIMENSIONS = frozenset({"tenant_id", "service", "provider", "model"})
 TWO_PLACES = Decimal("0.01")
 TOP_N = 5
 
@@ -126,9 +128,10 @@ def fingerprint(*parts: Any) -> str:
 
 
 class CostService:
-    def __init__(self, queries: CostQueries, max_range_days: int) -> None:
+    def __init__(self, queries: CostQueries, max_range_days: int, summary_slack: timedelta = DEFAULT_SLACK) -> None:
         self.queries = queries
         self.max_range_days = max_range_days
+        self.summary_slack = summary_slack
 
     def cost_filter(
         self, principal: Principal, start: datetime | None, end: datetime | None, values: dict[str, list[str]]
@@ -216,9 +219,7 @@ class CostService:
             start=iso(filters.start),
             end=iso(filters.end),
             services=[
-                ServiceShare(
-                    service=row.keys["service"] or "", **share(row.cost_usd, row.counts, totals.cost_usd)
-                )
+                ServiceShare(service=row.keys["service"] or "", **share(row.cost_usd, row.counts, totals.cost_usd))
                 for row in rows
             ],
             total=totals_out(totals),
@@ -264,6 +265,33 @@ class CostService:
             total=totals_out(totals),
         )
 
+    def _precomputed_until(self, filters: CostFilter, before: datetime, period: Period, zone: ZoneInfo) -> datetime:
+        """End of the leading run of periods whose cost_summaries rows are exact.
+
+        A period qualifies when it ended before the last refresh and none of its
+        days received an event after its row was computed (less the in-flight
+        slack). The first period that fails ends the run; later ones are read
+        from the rollups.
+        """
+        watermark = last_watermark(self.queries.db).complete_before
+        if watermark is None:
+            return before
+        cutoff = datetime(watermark.year, watermark.month, watermark.day, tzinfo=UTC)
+        candidates = [before]
+        while next_period(candidates[-1], period, zone) <= min(cutoff, filters.end):
+            candidates.append(next_period(candidates[-1], period, zone))
+        if len(candidates) == 1:
+            return before
+        span = CostFilter(filters.scope, before, candidates[-1], filters.values)
+        fresh = self.queries.freshness(span, period)
+        split = before
+        for begin in candidates[:-1]:
+            received, computed = fresh.get(int(begin.timestamp()), (None, None))
+            if received is not None and (computed is None or received >= computed - self.summary_slack):
+                break
+            split = next_period(begin, period, zone)
+        return split
+
     async def summary(
         self,
         principal: Principal,
@@ -281,19 +309,40 @@ class CostService:
         while (following := next_period(begins[-1], period, zone)) < filters.end:
             begins.append(following)
         # whole periods from the one before `first` (for the change); the last is cut at `end`
-        whole = CostFilter(filters.scope, previous_period(first, period, zone), filters.end, filters.values)
-        current = CostFilter(filters.scope, first, filters.end, filters.values)
+        before = previous_period(first, period, zone)
         granularity: Granularity = period  # type: ignore[assignment]
 
-        def run() -> tuple[list[CostRow], list[CostRow], list[CostRow], Totals]:
-            per_period = self.queries.grouped(whole, [], granularity, tz, label="costs.summary")
-            services = self.queries.grouped(
-                current, ["service"], granularity, tz, label="costs.summary_services"
-            )
-            models = self.queries.grouped(current, ["model"], granularity, tz, label="costs.summary_models")
-            return per_period, services, models, self.queries.total(current)
+        def run() -> tuple[list[CostRow], list[CostRow], list[CostRow], Totals, datetime | None]:
+            # Whole UTC periods that ended before the last summary refresh come from
+            # cost_summaries; the rest (and every other zone or filter) from the rollups.
+            split = before
+            if tz in UTC_NAMES and set(filters.values) <= SUMMARY_DIMENSIONS:
+                split = self._precomputed_until(filters, before, period, zone)
+            old = CostFilter(filters.scope, before, split, filters.values)
+            old_current = CostFilter(filters.scope, max(first, before), max(split, first), filters.values)
+            live = CostFilter(filters.scope, split, filters.end, filters.values)
+            live_current = CostFilter(filters.scope, max(split, first), filters.end, filters.values)
+            per_period, services, models = [], [], []
+            totals = Totals(Decimal(0), dict.fromkeys(COUNTS, 0))
+            if split > before:
+                per_period += self.queries.precomputed(old, period, None)
+                if old_current.start < old_current.end:
+                    services += self.queries.precomputed(old_current, period, "service")
+                    models += self.queries.precomputed(old_current, period, "model")
+                    totals = add(totals, *self.queries.precomputed(old_current, period, None))
+            if live.start < live.end:
+                per_period += self.queries.grouped(live, [], granularity, tz, label="costs.summary")
+                if live_current.start < live_current.end:
+                    services += self.queries.grouped(
+                        live_current, ["service"], granularity, tz, label="costs.summary_top"
+                    )
+                    models += self.queries.grouped(live_current, ["model"], granularity, tz, label="costs.summary_top")
+                    totals = add(totals, self.queries.total(live_current))
+            return per_period, services, models, totals, (split if split > before else None)
 
-        per_period, services, models, totals = await anyio.to_thread.run_sync(run)
+        per_period, services, models, totals, precomputed_until = await anyio.to_thread.run_sync(run)
+        services.sort(key=lambda row: -row.cost_usd)
+        models.sort(key=lambda row: -row.cost_usd)
         by_bucket = {row.bucket: row for row in per_period}
         tops: dict[str, dict[int | None, list[Ranked]]] = {
             "service": defaultdict(list),
@@ -315,9 +364,7 @@ class CostService:
             periods.append(
                 PeriodSummary(
                     period_start=begin.astimezone(zone).isoformat(),
-                    period_end=min(next_period(begin, period, zone), filters.end)
-                    .astimezone(zone)
-                    .isoformat(),
+                    period_end=min(next_period(begin, period, zone), filters.end).astimezone(zone).isoformat(),
                     cost_usd=money_str(cost),
                     events=found.counts["events"] if found else 0,
                     input_tokens=found.counts["input_tokens"] if found else 0,
@@ -335,7 +382,14 @@ class CostService:
             tz=tz,
             periods=periods,
             total=totals_out(totals),
+            precomputed_until=iso(precomputed_until) if precomputed_until else None,
         )
+
+
+def add(totals: Totals, *more: Totals | CostRow) -> Totals:
+    cost = totals.cost_usd + sum((m.cost_usd for m in more), Decimal(0))
+    counts = {name: totals.counts[name] + sum(m.counts[name] for m in more) for name in COUNTS}
+    return Totals(cost, counts)
 
 
 def share(cost: Decimal, counts: dict[str, int], total: Decimal) -> dict[str, Any]:

@@ -103,8 +103,7 @@ class Price:
             region=entry.region,
             effective_from=effective,
             version_id=(
-                f"{entry.provider}/{entry.model}/{entry.region or '*'}/"
-                f"{effective:%Y-%m-%dT%H:%M:%SZ}/v{version}"
+                f"{entry.provider}/{entry.model}/{entry.region or '*'}/{effective:%Y-%m-%dT%H:%M:%SZ}/v{version}"
             ),
             base=Rates(
                 input=_per(entry.input_per_mtok, _MILLION),
@@ -118,16 +117,10 @@ class Price:
             long_context=None
             if lc is None
             else Rates(
-                input=_per(
-                    lc.input_per_mtok if lc.input_per_mtok is not None else entry.input_per_mtok, _MILLION
-                ),
-                output=_per(
-                    lc.output_per_mtok if lc.output_per_mtok is not None else entry.output_per_mtok, _MILLION
-                ),
+                input=_per(lc.input_per_mtok if lc.input_per_mtok is not None else entry.input_per_mtok, _MILLION),
+                output=_per(lc.output_per_mtok if lc.output_per_mtok is not None else entry.output_per_mtok, _MILLION),
                 cached_input=_per(
-                    lc.cached_input_per_mtok
-                    if lc.cached_input_per_mtok is not None
-                    else entry.cached_input_per_mtok,
+                    lc.cached_input_per_mtok if lc.cached_input_per_mtok is not None else entry.cached_input_per_mtok,
                     _MILLION,
                 ),
                 cache_write=_per(entry.cache_write_per_mtok, _MILLION),

@@ -179,9 +179,7 @@ class ClickHouse:
         finally:
             CLICKHOUSE_QUERY_SECONDS.labels(label).observe(time.perf_counter() - started)
 
-    def query(
-        self, sql: str, parameters: dict[str, Any] | None = None, *, label: str
-    ) -> list[tuple[Any, ...]]:
+    def query(self, sql: str, parameters: dict[str, Any] | None = None, *, label: str) -> list[tuple[Any, ...]]:
         """Rows of a SELECT, parameters bound server-side (`{name:Type}` placeholders)."""
         with self._measured(label), self.client() as client:
             rows: list[tuple[Any, ...]] = [
@@ -189,9 +187,7 @@ class ClickHouse:
             ]
             return rows
 
-    def query_dicts(
-        self, sql: str, parameters: dict[str, Any] | None = None, *, label: str
-    ) -> list[dict[str, Any]]:
+    def query_dicts(self, sql: str, parameters: dict[str, Any] | None = None, *, label: str) -> list[dict[str, Any]]:
         with self._measured(label), self.client() as client:
             return list(client.query(sql, parameters=parameters or {}).named_results())
 
@@ -245,9 +241,7 @@ class ClickHouse:
 
     # -- async -----------------------------------------------------------
 
-    async def aquery(
-        self, sql: str, parameters: dict[str, Any] | None = None, *, label: str
-    ) -> list[tuple[Any, ...]]:
+    async def aquery(self, sql: str, parameters: dict[str, Any] | None = None, *, label: str) -> list[tuple[Any, ...]]:
         return await anyio.to_thread.run_sync(lambda: self.query(sql, parameters, label=label))
 
     async def aquery_dicts(

@@ -29,17 +29,11 @@ from service.usage.schemas import (
 )
 
 WRITE_AUTH = "Auth: bearer JWT with role `service` (for its own tenant when the token names one) or `admin`."
-READ_AUTH = (
-    "Auth: bearer JWT with role `admin` (every tenant), `tenant-admin` or `user` (their own tenant only)."
-)
+READ_AUTH = "Auth: bearer JWT with role `admin` (every tenant), `tenant-admin` or `user` (their own tenant only)."
 
 
-EventBodyOperation = json_body_operation(
-    "EventBodyOperation", Reference(REF_TEMPLATE.format(name="UsageEventIn"))
-)
-BatchBodyOperation = json_body_operation(
-    "BatchBodyOperation", Reference(REF_TEMPLATE.format(name="UsageBatchDoc"))
-)
+EventBodyOperation = json_body_operation("EventBodyOperation", Reference(REF_TEMPLATE.format(name="UsageEventIn")))
+BatchBodyOperation = json_body_operation("BatchBodyOperation", Reference(REF_TEMPLATE.format(name="UsageBatchDoc")))
 
 
 _encode = msgspec.json.Encoder().encode
@@ -65,9 +59,7 @@ class UsageEventController(Controller):
             "`event_id` again answers 200 with the originally stored event and stores nothing. " + WRITE_AUTH
         ),
     )
-    async def record(
-        self, request: Request[Any, Any, Any], ingestor: NamedDependency[Ingestor]
-    ) -> Response[bytes]:
+    async def record(self, request: Request[Any, Any, Any], ingestor: NamedDependency[Ingestor]) -> Response[bytes]:
         stored, duplicate = await ingestor.record(decode_event(await request.body()), principal_of(request))
         # encoded here: the hot path skips Litestar's serializer lookup
         return Response(
@@ -88,9 +80,7 @@ class UsageEventController(Controller):
         ),
         operation_class=BatchBodyOperation,
     )
-    async def record_batch(
-        self, request: Request[Any, Any, Any], ingestor: NamedDependency[Ingestor]
-    ) -> BatchResult:
+    async def record_batch(self, request: Request[Any, Any, Any], ingestor: NamedDependency[Ingestor]) -> BatchResult:
         items = decode_batch(await request.body(), ingestor.settings.max_batch_events)
         return await ingestor.record_many(items, principal_of(request))
 

@@ -151,9 +151,7 @@ class Ingestor:
         self.buffer = buffer
         self.settings = settings
 
-    def prepare(
-        self, item: UsageEventIn, principal: Principal, now: datetime, index: int | None = None
-    ) -> UsageEvent:
+    def prepare(self, item: UsageEventIn, principal: Principal, now: datetime, index: int | None = None) -> UsageEvent:
         """Check the rules a schema cannot express, and price the event."""
         tenant = principal.write_tenant(item.tenant_id)
         problems: list[dict[str, Any]] = []
@@ -237,9 +235,7 @@ class Ingestor:
             raise InvalidInput(f"{bad} of {len(items)} events are invalid; none stored", errors=problems)
         return events
 
-    async def record_many(
-        self, items: Sequence[UsageEventIn | dict[str, Any]], principal: Principal
-    ) -> BatchResult:
+    async def record_many(self, items: Sequence[UsageEventIn | dict[str, Any]], principal: Principal) -> BatchResult:
         """Store a batch all-or-nothing. `items` are decoded events or, for items that
         failed to decode, their problem; every problem of every item is reported."""
         now = _to_millis(datetime.now(UTC))

@@ -37,9 +37,7 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
         stamp, event_id = msgspec.json.decode(base64.urlsafe_b64decode(padded), type=tuple[str, str])
         when = datetime.fromisoformat(stamp)
     except (binascii.Error, msgspec.DecodeError, ValueError) as exc:
-        raise InvalidInput(
-            "cursor is not valid", errors=[{"field": "cursor", "reason": "malformed"}]
-        ) from exc
+        raise InvalidInput("cursor is not valid", errors=[{"field": "cursor", "reason": "malformed"}]) from exc
     return when.astimezone(UTC), event_id
 
 
