@@ -409,3 +409,19 @@ def test_summaries_are_not_used_for_other_zones_or_learner_filters(client: Clien
     learner = client.get("/costs/summary", params={**params, "learner_id": "learner-9"}, headers=auth("admin")).json()
     assert learner["precomputed_until"] is None
     assert learner["total"]["cost_usd"] == "1"
+
+
+def test_csv_export_streams_many_rows_and_matches_the_total(client: Client, auth: Auth, db: ClickHouse) -> None:
+    events = [
+        ev("2026-06-01T10:00:00Z", str(Decimal(i) / 100000), learner_id=f"learner-{i:05d}") for i in range(1, 12001)
+    ]
+    record(client, auth, events[:6000])
+    record(client, auth, events[6000:])
+    params = {"start": "2026-06-01T00:00:00Z", "end": "2026-06-02T00:00:00Z", "group_by": "learner_id", "format": "csv"}
+    with client.stream("GET", "/costs/query", params=params, headers=auth("admin")) as response:
+        assert response.status_code == 200
+        body = "".join(response.iter_text())
+    rows = list(csv.DictReader(io.StringIO(body)))
+    assert len(rows) == 12000
+    assert rows[0]["learner_id"] == "learner-12000"  # most expensive first
+    assert sum(Decimal(r["cost_usd"]) for r in rows) == raw_total(db, "2026-06-01T00:00:00Z", "2026-06-02T00:00:00Z")

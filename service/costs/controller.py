@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import csv
 import io
+import queue
+import threading
 from collections.abc import AsyncIterator, Iterator
 from datetime import datetime
 from typing import Annotated, Any
+from zoneinfo import ZoneInfo
 
 import anyio.to_thread
 from litestar import Controller, Request, get, post
@@ -18,9 +21,9 @@ from service.auth.guards import principal_of, require_roles
 from service.auth.principal import READERS, Role
 from service.costs.periods import Period
 from service.costs.plan import Granularity
-from service.costs.query import COUNTS, CostQueries
+from service.costs.query import COUNTS, CostQueries, CostRow
 from service.costs.schemas import CostQueryResult, CostSummary, LearnerBreakdown, ServiceBreakdown
-from service.costs.service import CostService, check_group_by, problem, row_out, split_values
+from service.costs.service import CostService, check_group_by, problem, split_values
 from service.costs.summaries import RefreshRun
 from service.jobs import JobRunner
 from service.money import money_str
@@ -42,6 +45,56 @@ def wants_csv(request: Request[Any, Any, Any], fmt: str | None) -> bool:
     if fmt is not None:
         return fmt.lower() == "csv"
     return "text/csv" in request.headers.get("accept", "")
+
+
+async def csv_chunks(
+    blocks: Iterator[list[CostRow]], groups: list[str], granularity: Granularity, zone: ZoneInfo
+) -> AsyncIterator[bytes]:
+    """CSV text as ClickHouse sends row blocks. One thread reads the blocks (a
+    ClickHouse stream belongs to the thread that opened it) and hands CSV chunks
+    over a small bounded queue, so a slow client slows the read, not memory."""
+    chunks: queue.Queue[bytes | BaseException | None] = queue.Queue(maxsize=4)
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            buffer = io.StringIO()
+            writer = csv.writer(buffer)
+            writer.writerow([*(["bucket"] if granularity != "none" else []), *groups, "cost_usd", *COUNTS])
+            for block in blocks:
+                for row in block:
+                    bucket = [datetime.fromtimestamp(row.bucket, zone).isoformat()] if row.bucket is not None else []
+                    keys = [row.keys[g] or "" for g in groups]
+                    writer.writerow([*bucket, *keys, money_str(row.cost_usd), *(row.counts[c] for c in COUNTS)])
+                chunks.put(buffer.getvalue().encode())
+                buffer.seek(0)
+                buffer.truncate()
+                if stop.is_set():
+                    return
+            chunks.put(buffer.getvalue().encode())
+        except BaseException as exc:  # handed to the response, which ends the body early
+            chunks.put(exc)
+        finally:
+            close = getattr(blocks, "close", None)
+            if close is not None:
+                close()
+            chunks.put(None)
+
+    reader = threading.Thread(target=produce, name="costs-csv", daemon=True)
+    reader.start()
+    try:
+        while (chunk := await anyio.to_thread.run_sync(chunks.get)) is not None:
+            if isinstance(chunk, BaseException):
+                raise chunk
+            if chunk:
+                yield chunk
+    finally:
+        stop.set()
+        while reader.is_alive():  # let the reader see `stop` and release its ClickHouse client
+            try:
+                chunks.get_nowait()
+            except queue.Empty:
+                await anyio.sleep(0.01)
 
 
 class CostController(Controller):
@@ -96,37 +149,9 @@ class CostController(Controller):
         principal = principal_of(request)
         if wants_csv(request, format):
             filters, zone = costs.export_filter(principal, start, end, tz, values, order_by)
-            rows = await anyio.to_thread.run_sync(
-                lambda: queries.grouped(filters, groups, granularity, tz, order_by=order_by, label="costs.csv")
-            )
-            header = [*(["bucket"] if granularity != "none" else []), *groups, "cost_usd", *COUNTS]
-
-            def lines() -> Iterator[str]:
-                buffer = io.StringIO()
-                writer = csv.writer(buffer)
-                writer.writerow(header)
-                for row in rows:
-                    shaped = row_out(row, zone)
-                    writer.writerow(
-                        [
-                            *([shaped.bucket] if granularity != "none" else []),
-                            *(row.keys[g] or "" for g in groups),
-                            money_str(row.cost_usd),
-                            *(row.counts[c] for c in COUNTS),
-                        ]
-                    )
-                    if buffer.tell() > 65536:
-                        yield buffer.getvalue()
-                        buffer.seek(0)
-                        buffer.truncate()
-                yield buffer.getvalue()
-
-            async def chunks() -> AsyncIterator[bytes]:
-                for text in lines():
-                    yield text.encode()
-
+            blocks = queries.stream_grouped(filters, groups, granularity, tz, order_by=order_by)
             return Stream(
-                chunks(),
+                csv_chunks(blocks, groups, granularity, zone),
                 media_type="text/csv; charset=utf-8",
                 # Litestar prefers the handler's JSON media type over the response's own
                 headers={

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -137,7 +137,7 @@ class CostQueries:
     def __init__(self, db: ClickHouse) -> None:
         self.db = db
 
-    def grouped(
+    def grouped_sql(
         self,
         filters: CostFilter,
         group_by: Sequence[str],
@@ -147,12 +147,11 @@ class CostQueries:
         order_by: str = "cost",
         limit: int | None = None,
         offset: int = 0,
-        label: str = "costs.grouped",
-    ) -> list[CostRow]:
-        """Rows per group (and bucket), ordered by `order_by` descending."""
+    ) -> tuple[str, dict[str, Any]] | None:
+        """The SQL for rows per group (and bucket), ordered by `order_by` descending; None for an empty range."""
         segments = plan(filters.start, filters.end, granularity, tz)
         if not segments:
-            return []
+            return None
         params: dict[str, Any] = {"tz": tz}
         bucket = bucket_sql(granularity)
         keys = [*group_by, *(["bucket"] if bucket else [])]
@@ -167,16 +166,36 @@ class CostQueries:
             sql += " LIMIT {limit:UInt64} OFFSET {offset:UInt64}"
             params["limit"] = limit
             params["offset"] = offset
-        rows = self.db.query(sql, params, label=label)
-        result = []
-        width = len(group_by)
-        for row in rows:
-            key_values = {name: (row[i] if row[i] != "" else None) for i, name in enumerate(group_by)}
-            bucket_value = int(row[width]) if bucket else None
-            offset_measures = width + (1 if bucket else 0)
-            counts = {name: int(row[offset_measures + i]) for i, name in enumerate(COUNTS)}
-            result.append(CostRow(key_values, bucket_value, row[offset_measures + len(COUNTS)], counts))
-        return result
+        return sql, params
+
+    def grouped(
+        self,
+        filters: CostFilter,
+        group_by: Sequence[str],
+        granularity: Granularity,
+        tz: str,
+        *,
+        order_by: str = "cost",
+        limit: int | None = None,
+        offset: int = 0,
+        label: str = "costs.grouped",
+    ) -> list[CostRow]:
+        """Rows per group (and bucket), ordered by `order_by` descending."""
+        query = self.grouped_sql(filters, group_by, granularity, tz, order_by=order_by, limit=limit, offset=offset)
+        if query is None:
+            return []
+        return [to_cost_row(row, group_by, granularity != "none") for row in self.db.query(*query, label=label)]
+
+    def stream_grouped(
+        self, filters: CostFilter, group_by: Sequence[str], granularity: Granularity, tz: str, *, order_by: str
+    ) -> Iterator[list[CostRow]]:
+        """Every row of `grouped`, block by block; consume it on one thread."""
+        query = self.grouped_sql(filters, group_by, granularity, tz, order_by=order_by)
+        if query is None:
+            return
+        with self.db.stream_rows(*query, label="costs.export") as blocks:
+            for block in blocks:
+                yield [to_cost_row(row, group_by, granularity != "none") for row in block]
 
     def precomputed(
         self, filters: CostFilter, period: str, dimension: str | None, label: str = "costs.precomputed"
@@ -254,6 +273,14 @@ class CostQueries:
         if not rows:
             return Totals(Decimal(0), dict.fromkeys(COUNTS, 0))
         return Totals(rows[0].cost_usd, rows[0].counts)
+
+
+def to_cost_row(row: Sequence[Any], group_by: Sequence[str], bucketed: bool) -> CostRow:
+    width = len(group_by)
+    keys = {name: (row[i] if row[i] != "" else None) for i, name in enumerate(group_by)}
+    measures = width + (1 if bucketed else 0)
+    counts = {name: int(row[measures + i]) for i, name in enumerate(COUNTS)}
+    return CostRow(keys, int(row[width]) if bucketed else None, row[measures + len(COUNTS)], counts)
 
 
 def _aware(moment: datetime) -> datetime:

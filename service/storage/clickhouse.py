@@ -191,6 +191,18 @@ class ClickHouse:
         with self._measured(label), self.client() as client:
             return list(client.query(sql, parameters=parameters or {}).named_results())
 
+    @contextmanager
+    def stream_rows(
+        self, sql: str, parameters: dict[str, Any] | None = None, *, label: str
+    ) -> Iterator[Iterator[Sequence[Sequence[Any]]]]:
+        """Blocks of rows as the server sends them; consume them on the calling thread."""
+        with (
+            self._measured(label),
+            self.client() as client,
+            client.query_row_block_stream(sql, parameters=parameters or {}) as blocks,
+        ):
+            yield blocks
+
     def command(self, sql: str, parameters: dict[str, Any] | None = None, *, label: str) -> None:
         with self._measured(label), self.client() as client:
             client.command(sql, parameters=parameters or {})
