@@ -31,8 +31,9 @@ lint: install  ## ruff and mypy (strict)
 typecheck: install
 	$(BIN)/mypy
 
-bench: install  ## throughput ratios against in-run baselines
+bench: install  ## figures and ratios against baselines measured in the same run
 	$(BIN)/python benchmarks/ingest.py
+	$(BIN)/python benchmarks/queries.py
 
 clean:
 	rm -rf $(VENV) data .pytest_cache .mypy_cache .ruff_cache
