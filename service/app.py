@@ -24,7 +24,7 @@ from service.costs.controller import CostController, refresh_summaries
 from service.costs.query import CostQueries
 from service.costs.service import CostService
 from service.costs.summaries import refresh_cost_summaries
-from service.errors import DomainError, Overloaded
+from service.errors import DomainError, error_body, error_headers
 from service.health.controller import health
 from service.jobs import JobRunner
 from service.metrics import metrics
@@ -34,12 +34,15 @@ from service.pricing.catalog import read_prices, sync_bundled_catalog
 from service.settings import Settings, get_settings
 from service.storage.clickhouse import ClickHouse
 from service.storage.migrations import migrate, pending
-from service.usage.controller import UsageEventController
+from service.usage.controller import WRITE_AUTH, UsageEventController
+from service.usage.fastpath import UsageEventFastPath
+from service.usage.fastpath import operation as record_operation
 from service.usage.ingest import GroupCommitBuffer, Ingestor, PricingState
 from service.usage.repository import UsageRepository
 from service.usage.schemas import UsageBatchDoc, UsageEventIn
 
 log = logging.getLogger("finops")
+MAX_BODY_BYTES = 32 * 1024 * 1024
 PUBLIC_PATHS = ["^/health", "^/docs", "^/redoc", "^/openapi.json", "^/metrics"]
 
 
@@ -94,20 +97,10 @@ class AppComponents:
         )
 
 
-def _error_body(status: int, detail: str, errors: list[dict[str, Any]] | None = None) -> dict[str, Any]:
-    body: dict[str, Any] = {"status_code": status, "detail": detail}
-    if errors:
-        body["errors"] = errors
-    return body
-
-
 def handle_domain_error(_: Request[Any, Any, Any], exc: DomainError) -> Response[dict[str, Any]]:
-    headers = {}
-    if isinstance(exc, Overloaded):
-        headers["Retry-After"] = str(exc.retry_after)
-    if exc.status_code == 401:
-        headers["WWW-Authenticate"] = "Bearer"
-    return Response(_error_body(exc.status_code, exc.detail, exc.errors), status_code=exc.status_code, headers=headers)
+    return Response(
+        error_body(exc.status_code, exc.detail, exc.errors), status_code=exc.status_code, headers=error_headers(exc)
+    )
 
 
 def handle_http_exception(_: Request[Any, Any, Any], exc: HTTPException) -> Response[dict[str, Any]]:
@@ -120,7 +113,7 @@ def handle_http_exception(_: Request[Any, Any, Any], exc: HTTPException) -> Resp
                 errors.append({"field": item.get("key"), "reason": item.get("message"), "source": item.get("source")})
         if not errors and exc.detail.startswith("Malformed"):
             status = 400
-    return Response(_error_body(status, exc.detail, errors), status_code=status, headers=exc.headers)
+    return Response(error_body(status, exc.detail, errors), status_code=status, headers=exc.headers)
 
 
 def create_app(
@@ -214,14 +207,17 @@ def create_app(
             ),
             security=[{"BearerToken": []}],
         ),
-        request_max_body_size=32 * 1024 * 1024,
+        request_max_body_size=MAX_BODY_BYTES,
     )
     # Bodies decoded by the handlers themselves are documented from their msgspec Structs.
     openapi = app.plugins.get(OpenAPIPlugin).provide_openapi()
     if openapi.components.schemas is None:
         openapi.components.schemas = {}
     openapi.components.schemas.update(component_schemas(UsageEventIn, UsageBatchDoc))  # type: ignore[arg-type]
-    return app
+    openapi.paths["/usage-events"].post = record_operation(WRITE_AUTH)  # type: ignore[index]
+    return UsageEventFastPath(  # type: ignore[return-value]
+        app, verifier, lambda: wired[0].ingestor, max_body_bytes=MAX_BODY_BYTES
+    )
 
 
 def _safe_url(url: str) -> str:

@@ -64,3 +64,20 @@ class StorageUnavailable(DomainError):
 
 class DataPathInUse(StorageUnavailable):
     """The embedded ClickHouse data path is held by another process."""
+
+
+def error_body(status: int, detail: str, errors: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """The one error shape every route answers with."""
+    body: dict[str, Any] = {"status_code": status, "detail": detail}
+    if errors:
+        body["errors"] = errors
+    return body
+
+
+def error_headers(exc: DomainError) -> dict[str, str]:
+    headers = {}
+    if isinstance(exc, Overloaded):
+        headers["Retry-After"] = str(exc.retry_after)
+    if exc.status_code == 401:
+        headers["WWW-Authenticate"] = "Bearer"
+    return headers

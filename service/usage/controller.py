@@ -6,19 +6,17 @@ from datetime import datetime
 from typing import Annotated, Any
 
 import msgspec
-from litestar import Controller, Request, Response, get, post
+from litestar import Controller, Request, get, post
 from litestar.di import NamedDependency
-from litestar.enums import MediaType
-from litestar.openapi.datastructures import ResponseSpec
 from litestar.openapi.spec import Reference
 from litestar.params import FromPath, FromQuery, QueryParameter
-from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED
+from litestar.status_codes import HTTP_201_CREATED
 
 from service.auth.guards import principal_of, require_roles
 from service.auth.principal import READERS, WRITERS
 from service.errors import NotFound
 from service.openapi import REF_TEMPLATE, json_body_operation
-from service.usage.ingest import Ingestor, decode_batch, decode_event
+from service.usage.ingest import Ingestor, decode_batch
 from service.usage.repository import EventFilters, UsageRepository
 from service.usage.schemas import (
     BatchResult,
@@ -32,7 +30,6 @@ WRITE_AUTH = "Auth: bearer JWT with role `service` (for its own tenant when the 
 READ_AUTH = "Auth: bearer JWT with role `admin` (every tenant), `tenant-admin` or `user` (their own tenant only)."
 
 
-EventBodyOperation = json_body_operation("EventBodyOperation", Reference(REF_TEMPLATE.format(name="UsageEventIn")))
 BatchBodyOperation = json_body_operation("BatchBodyOperation", Reference(REF_TEMPLATE.format(name="UsageBatchDoc")))
 
 
@@ -42,31 +39,6 @@ _encode = msgspec.json.Encoder().encode
 class UsageEventController(Controller):
     path = "/usage-events"
     tags = ["usage events"]
-
-    @post(
-        "/",
-        operation_id="recordUsageEvent",
-        guards=[require_roles(*WRITERS)],
-        status_code=HTTP_201_CREATED,
-        operation_class=EventBodyOperation,
-        responses={
-            201: ResponseSpec(UsageEvent, description="Stored; the body is the stored event."),
-            200: ResponseSpec(UsageEvent, description="A repeat of a stored event_id; nothing stored."),
-        },
-        summary="Record one usage event",
-        description=(
-            "Prices and stores one inference call. 201 with the stored event; the same "
-            "`event_id` again answers 200 with the originally stored event and stores nothing. " + WRITE_AUTH
-        ),
-    )
-    async def record(self, request: Request[Any, Any, Any], ingestor: NamedDependency[Ingestor]) -> Response[bytes]:
-        stored, duplicate = await ingestor.record(decode_event(await request.body()), principal_of(request))
-        # encoded here: the hot path skips Litestar's serializer lookup
-        return Response(
-            _encode(stored),
-            status_code=HTTP_200_OK if duplicate else HTTP_201_CREATED,
-            media_type=MediaType.JSON,
-        )
 
     @post(
         "/batch",
