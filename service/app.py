@@ -20,6 +20,12 @@ from litestar.openapi.spec import Components, SecurityScheme
 
 from service.auth.guards import BearerTokenMiddleware
 from service.auth.tokens import TokenVerifier
+from service.budgets.controller import AlertController, BudgetController, evaluate_now
+from service.budgets.evaluate import evaluate_budgets
+from service.budgets.schemas import BudgetIn
+from service.budgets.service import BudgetService
+from service.budgets.store import BudgetStore
+from service.budgets.watch import BudgetWatch
 from service.costs.controller import CostController, refresh_summaries
 from service.costs.query import CostQueries
 from service.costs.service import CostService
@@ -83,10 +89,18 @@ class AppComponents:
     """Everything the app wires at start-up."""
 
     def __init__(
-        self, db: ClickHouse, pricing: PricingState, buffer: GroupCommitBuffer, jobs: JobRunner, settings: Settings
+        self,
+        db: ClickHouse,
+        pricing: PricingState,
+        buffer: GroupCommitBuffer,
+        jobs: JobRunner,
+        watch: BudgetWatch,
+        settings: Settings,
     ) -> None:
         self.db = db
         self.jobs = jobs
+        self.watch = watch
+        self.budgets = BudgetService(BudgetStore(db))
         self.pricing = pricing
         self.buffer = buffer
         self.ingestor = Ingestor(pricing, buffer, settings.ingest)
@@ -137,6 +151,12 @@ def create_app(
     def provide_db() -> ClickHouse:
         return wired[0].db
 
+    def provide_budgets() -> BudgetService:
+        return wired[0].budgets
+
+    def provide_watch() -> BudgetWatch:
+        return wired[0].watch
+
     def provide_jobs() -> JobRunner:
         return wired[0].jobs
 
@@ -153,16 +173,23 @@ def create_app(
             book = await anyio.to_thread.run_sync(
                 lambda: prepare_database(database, settings, apply_migrations=apply_migrations)
             )
-            buffer = GroupCommitBuffer(database, settings.ingest)
-            buffer.start()
             jobs = JobRunner()
+            delay = settings.budgets.trigger_delay_ms / 1000
+            watch = BudgetWatch(lambda: jobs.trigger("evaluate_budgets", delay))
+            buffer = GroupCommitBuffer(database, settings.ingest, on_written=watch.notify)
+            buffer.start()
+            jobs.every(
+                "evaluate_budgets",
+                settings.budgets.check_interval_s,
+                lambda: evaluate_budgets(database, on_loaded=watch.load)[0],
+            )
             jobs.every(
                 "cost_summaries",
                 settings.costs.aggregation_interval_s,
                 lambda: refresh_cost_summaries(database, timedelta(seconds=settings.costs.summary_slack_s)),
             )
             jobs.start()
-            wired.append(AppComponents(database, PricingState(book), buffer, jobs, settings))
+            wired.append(AppComponents(database, PricingState(book), buffer, jobs, watch, settings))
             log.info("finops-svc ready: %d prices loaded, ClickHouse at %s", len(book), _safe_url(database.url))
             try:
                 yield
@@ -173,7 +200,15 @@ def create_app(
         finally:
             await anyio.to_thread.run_sync(database.close)
 
-    handlers: list[Any] = [UsageEventController, CostController, refresh_summaries, health]
+    handlers: list[Any] = [
+        UsageEventController,
+        CostController,
+        refresh_summaries,
+        BudgetController,
+        AlertController,
+        evaluate_now,
+        health,
+    ]
     if settings.prometheus_metrics_enabled:
         handlers.append(metrics)
     app = Litestar(
@@ -185,6 +220,8 @@ def create_app(
             "db": Provide(provide_db, sync_to_thread=False),
             "costs": Provide(provide_costs, sync_to_thread=False),
             "jobs": Provide(provide_jobs, sync_to_thread=False),
+            "budgets": Provide(provide_budgets, sync_to_thread=False),
+            "watch": Provide(provide_watch, sync_to_thread=False),
             "queries": Provide(provide_cost_queries, sync_to_thread=False),
         },
         middleware=[DefineMiddleware(BearerTokenMiddleware, verifier=verifier, exclude=PUBLIC_PATHS)],
@@ -213,7 +250,7 @@ def create_app(
     openapi = app.plugins.get(OpenAPIPlugin).provide_openapi()
     if openapi.components.schemas is None:
         openapi.components.schemas = {}
-    openapi.components.schemas.update(component_schemas(UsageEventIn, UsageBatchDoc))  # type: ignore[arg-type]
+    openapi.components.schemas.update(component_schemas(UsageEventIn, UsageBatchDoc, BudgetIn))  # type: ignore[arg-type]
     openapi.paths["/usage-events"].post = record_operation(WRITE_AUTH)  # type: ignore[index]
     return UsageEventFastPath(  # type: ignore[return-value]
         app, verifier, lambda: wired[0].ingestor, max_body_bytes=MAX_BODY_BYTES

@@ -27,12 +27,14 @@ class ScheduledJob:
     interval_s: float
     function: Callable[[], Any]
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    triggered: bool = False
 
 
 class JobRunner:
     def __init__(self) -> None:
         self._jobs: dict[str, ScheduledJob] = {}
         self._tasks: list[asyncio.Task[None]] = []
+        self._triggered: set[asyncio.Task[None]] = set()
 
     def every(self, name: str, interval_s: float, function: Callable[[], Any]) -> None:
         """Run `function` (blocking; it runs on a worker thread) at start and then every `interval_s`."""
@@ -43,10 +45,34 @@ class JobRunner:
         self._tasks = [loop.create_task(self._loop(job), name=f"job-{job.name}") for job in self._jobs.values()]
 
     async def stop(self) -> None:
-        for task in self._tasks:
+        tasks = [*self._tasks, *self._triggered]
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
         self._tasks = []
+        self._triggered.clear()
+
+    def trigger(self, name: str, delay_s: float) -> None:
+        """Run a job soon, once for any number of triggers within `delay_s` (call on the event loop).
+
+        A trigger during a run schedules one more run after it, so nothing that
+        caused a trigger is missed.
+        """
+        job = self._jobs[name]
+        if job.triggered or not self._tasks:
+            return
+        job.triggered = True
+        task = asyncio.get_running_loop().create_task(self._run_triggered(job, delay_s))
+        self._triggered.add(task)
+        task.add_done_callback(self._triggered.discard)
+
+    async def _run_triggered(self, job: ScheduledJob, delay_s: float) -> None:
+        await asyncio.sleep(delay_s)
+        job.triggered = False
+        try:
+            await self.run(job.name)
+        except Exception:
+            log.exception("triggered job %s failed", job.name)
 
     async def run(self, name: str) -> Any:
         """Run a job now (waiting for a run in progress to finish first); raises what the job raised."""

@@ -119,12 +119,22 @@ class CostSettings:
 
 
 @dataclass(frozen=True)
+class BudgetSettings:
+    check_interval_s: int = field(default_factory=lambda: _int("BUDGET_CHECK_INTERVAL", 300, minimum=1))
+    """Seconds between scheduled evaluations of every budget (BUDGET_CHECK_INTERVAL)."""
+    trigger_delay_ms: int = field(default_factory=lambda: _int("BUDGET_TRIGGER_DELAY_MS", 250))
+    """After ingest touches a budget's scope, evaluation runs this soon, once for all writes
+    meanwhile (BUDGET_TRIGGER_DELAY_MS)."""
+
+
+@dataclass(frozen=True)
 class Settings:
     server: ServerSettings = field(default_factory=ServerSettings)
     database: DatabaseSettings = field(default_factory=DatabaseSettings)
     auth: AuthSettings = field(default_factory=AuthSettings)
     ingest: IngestSettings = field(default_factory=IngestSettings)
     costs: CostSettings = field(default_factory=CostSettings)
+    budgets: BudgetSettings = field(default_factory=BudgetSettings)
     redis_url: str = field(default_factory=lambda: _env("REDIS_URL", ""))
     """Redis for arq job queues and shared state; empty runs everything in-process (REDIS_URL)."""
     prometheus_metrics_enabled: bool = field(default_factory=lambda: _bool("PROMETHEUS_METRICS_ENABLED", True))

@@ -14,7 +14,7 @@ import re
 import time
 import uuid
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -273,9 +273,15 @@ class GroupCommitBuffer:
     A failed write fails every request in its batch and releases its claims.
     """
 
-    def __init__(self, db: ClickHouse, settings: IngestSettings) -> None:
+    def __init__(
+        self,
+        db: ClickHouse,
+        settings: IngestSettings,
+        on_written: Callable[[list[UsageEvent]], None] | None = None,
+    ) -> None:
         self.db = db
         self.settings = settings
+        self.on_written = on_written
         self._queue: deque[_Pending] = deque()
         self._rows = 0
         self._wake = asyncio.Event()
@@ -373,6 +379,8 @@ class GroupCommitBuffer:
                 raise
             for key, stored in written.items():
                 self._claims.pop(key).set_result(stored)
+            if self.on_written is not None:
+                self.on_written([event for key, event in mine.items() if written[key] is event])
             originals = dict(written)
             for key, claim in elsewhere.items():
                 originals[key] = await asyncio.shield(claim)

@@ -1,0 +1,1 @@
+"""Budgets: limits per scope and period, evaluated against the rollups."""
