@@ -88,7 +88,9 @@ class BudgetController(Controller):
         self,
         request: Request[Any, Any, Any],
         budgets: NamedDependency[BudgetService],
-        scope: FromQuery[Literal["global", "tenant", "service", "learner"] | None] = None,
+        scope_kind: Annotated[
+            Literal["global", "tenant", "service", "learner"] | None, QueryParameter(name="scope")
+        ] = None,
         tenant_id: FromQuery[str | None] = None,
         service: FromQuery[str | None] = None,
         learner_id: FromQuery[str | None] = None,
@@ -97,7 +99,7 @@ class BudgetController(Controller):
         cursor: FromQuery[str | None] = None,
     ) -> BudgetPage:
         filters = {
-            "scope": scope,
+            "scope": scope_kind,
             "tenant_id": tenant_id,
             "service": service,
             "learner_id": learner_id,
