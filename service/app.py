@@ -9,6 +9,7 @@ from datetime import timedelta
 from typing import Any
 
 import anyio.to_thread
+import msgspec
 from litestar import Litestar, Request, Response
 from litestar._openapi.plugin import OpenAPIPlugin
 from litestar.di import Provide
@@ -37,6 +38,7 @@ from service.metrics import metrics
 from service.openapi import component_schemas
 from service.pricing.calculator import PriceBook
 from service.pricing.catalog import read_prices, sync_bundled_catalog
+from service.queue import ArqJobs, Jobs
 from service.settings import Settings, get_settings
 from service.storage.clickhouse import ClickHouse
 from service.storage.migrations import migrate, pending
@@ -49,6 +51,7 @@ from service.usage.schemas import UsageBatchDoc, UsageEventIn
 
 log = logging.getLogger("finops")
 MAX_BODY_BYTES = 32 * 1024 * 1024
+BUDGET_INDEX_REFRESH_S = 30  # distributed mode: how often the API relearns which scopes have budgets
 PUBLIC_PATHS = ["^/health", "^/docs", "^/redoc", "^/openapi.json", "^/metrics"]
 
 
@@ -93,7 +96,7 @@ class AppComponents:
         db: ClickHouse,
         pricing: PricingState,
         buffer: GroupCommitBuffer,
-        jobs: JobRunner,
+        jobs: Jobs,
         watch: BudgetWatch,
         settings: Settings,
     ) -> None:
@@ -157,7 +160,7 @@ def create_app(
     def provide_watch() -> BudgetWatch:
         return wired[0].watch
 
-    def provide_jobs() -> JobRunner:
+    def provide_jobs() -> Jobs:
         return wired[0].jobs
 
     def provide_costs() -> CostService:
@@ -173,30 +176,48 @@ def create_app(
             book = await anyio.to_thread.run_sync(
                 lambda: prepare_database(database, settings, apply_migrations=apply_migrations)
             )
-            jobs = JobRunner()
+            jobs: Jobs
             delay = settings.budgets.trigger_delay_ms / 1000
-            watch = BudgetWatch(lambda: jobs.trigger("evaluate_budgets", delay))
+            local = JobRunner()  # what runs in this process in either mode
+            if settings.redis_url:  # distributed: arq workers run the jobs
+                queue = ArqJobs(settings.redis_url)
+                await queue.connect()
+                watch = BudgetWatch(lambda: queue.trigger("evaluate_budgets", delay))
+                store = BudgetStore(database)
+                local.every(
+                    "budget_index",
+                    BUDGET_INDEX_REFRESH_S,
+                    lambda: watch.load(store.find(tenant_visible=None, filters={})),
+                )
+                jobs = queue
+            else:  # embedded: the same job functions, in this process
+                watch = BudgetWatch(lambda: local.trigger("evaluate_budgets", delay))
+                local.every(
+                    "evaluate_budgets",
+                    settings.budgets.check_interval_s,
+                    lambda: msgspec.to_builtins(evaluate_budgets(database, on_loaded=watch.load)[0]),
+                )
+                local.every(
+                    "cost_summaries",
+                    settings.costs.aggregation_interval_s,
+                    lambda: msgspec.to_builtins(
+                        refresh_cost_summaries(database, timedelta(seconds=settings.costs.summary_slack_s))
+                    ),
+                )
+                jobs = local
             buffer = GroupCommitBuffer(database, settings.ingest, on_written=watch.notify)
             buffer.start()
-            jobs.every(
-                "evaluate_budgets",
-                settings.budgets.check_interval_s,
-                lambda: evaluate_budgets(database, on_loaded=watch.load)[0],
-            )
-            jobs.every(
-                "cost_summaries",
-                settings.costs.aggregation_interval_s,
-                lambda: refresh_cost_summaries(database, timedelta(seconds=settings.costs.summary_slack_s)),
-            )
-            jobs.start()
+            local.start()
             wired.append(AppComponents(database, PricingState(book), buffer, jobs, watch, settings))
             log.info("finops-svc ready: %d prices loaded, ClickHouse at %s", len(book), _safe_url(database.url))
             try:
                 yield
             finally:
                 wired.clear()
-                await jobs.stop()
+                await local.stop()
                 await buffer.stop()
+                if jobs is not local:
+                    await jobs.stop()
         finally:
             await anyio.to_thread.run_sync(database.close)
 

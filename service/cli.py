@@ -111,6 +111,28 @@ def cmd_migrate(_: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_worker(_: argparse.Namespace, settings: Settings) -> int:
+    from service.app import open_database
+    from workers.settings import build_worker
+
+    if not settings.redis_url:
+        raise CommandError(
+            "REDIS_URL is not set: without it `finops serve` runs every job in-process and needs no worker"
+        )
+    try:
+        db = open_database(settings)
+    except DataPathInUse as exc:
+        raise CommandError(
+            exc.detail + ". Workers beside an API need a ClickHouse server (CLICKHOUSE_URL=http://...)"
+        ) from exc
+    log.info("arq worker on %s", settings.redis_url.split("@")[-1])
+    try:
+        build_worker(settings, db=db).run()
+    finally:
+        db.close()
+    return 0
+
+
 def cmd_token(args: argparse.Namespace, settings: Settings) -> int:
     settings = with_jwt_secret(settings)
     try:
@@ -242,6 +264,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     migrate = sub.add_parser("migrate", help="apply pending ClickHouse migrations and load the price catalog")
     migrate.set_defaults(handler=cmd_migrate)
+
+    worker = sub.add_parser("worker", help="run an arq worker for budget evaluation and summaries (needs REDIS_URL)")
+    worker.set_defaults(handler=cmd_worker)
 
     token = sub.add_parser("token", help="print a signed JWT")
     token.add_argument("--role", required=True, choices=[r.value for r in Role])

@@ -329,3 +329,11 @@ def test_ingest_triggers_evaluation_without_waiting_for_the_schedule(client: Cli
         found = client.get("/alerts", headers=auth("admin")).json()["items"]
         time.sleep(0.05)
     assert [(a["threshold_percent"], a["spend_usd"]) for a in found] == [(80, "9")]
+
+
+def test_evaluate_now_is_for_admins(client: Client, auth: Auth) -> None:
+    create(client, auth)
+    assert client.post("/budgets/evaluate", headers=auth("tenant-admin", "school-a")).status_code == 403
+    run = client.post("/budgets/evaluate", headers=auth("admin"))
+    assert run.status_code == 200
+    assert (run.json()["budgets"], run.json()["queries"], run.json()["fired"]) == (1, 1, 0)

@@ -26,8 +26,8 @@ from service.budgets.schemas import (
 from service.budgets.service import BudgetService
 from service.budgets.watch import BudgetWatch
 from service.errors import InvalidInput, MalformedRequest
-from service.jobs import JobRunner
 from service.openapi import REF_TEMPLATE, json_body_operation
+from service.queue import Jobs
 
 MANAGE = "Auth: bearer JWT with role `admin` (any budget) or `tenant-admin` (its tenant's budgets)."
 READ = "Auth: bearer JWT with role `admin` (every budget), `tenant-admin` or `user` (its tenant's budgets)."
@@ -230,6 +230,5 @@ class AlertController(Controller):
         "budget's scope). Auth: bearer JWT with role `admin`."
     ),
 )
-async def evaluate_now(jobs: NamedDependency[JobRunner]) -> EvaluationRun:
-    run: EvaluationRun = await jobs.run("evaluate_budgets")
-    return run
+async def evaluate_now(jobs: NamedDependency[Jobs]) -> EvaluationRun:
+    return msgspec.convert(await jobs.run("evaluate_budgets"), EvaluationRun)

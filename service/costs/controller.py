@@ -12,6 +12,7 @@ from typing import Annotated, Any
 from zoneinfo import ZoneInfo
 
 import anyio.to_thread
+import msgspec
 from litestar import Controller, Request, get, post
 from litestar.di import NamedDependency
 from litestar.params import FromQuery, QueryParameter
@@ -25,8 +26,8 @@ from service.costs.query import COUNTS, CostQueries, CostRow
 from service.costs.schemas import CostQueryResult, CostSummary, LearnerBreakdown, ServiceBreakdown
 from service.costs.service import CostService, check_group_by, problem, split_values
 from service.costs.summaries import RefreshRun
-from service.jobs import JobRunner
 from service.money import money_str
+from service.queue import Jobs
 
 AUTH = "Auth: bearer JWT with role `admin` (every tenant), `tenant-admin` or `user` (their own tenant only)."
 RANGE = (
@@ -280,6 +281,5 @@ class CostController(Controller):
         "runs every COST_AGGREGATION_INTERVAL seconds). Answers what the run did. Auth: bearer JWT with role `admin`."
     ),
 )
-async def refresh_summaries(jobs: NamedDependency[JobRunner]) -> RefreshRun:
-    result: RefreshRun = await jobs.run("cost_summaries")
-    return result
+async def refresh_summaries(jobs: NamedDependency[Jobs]) -> RefreshRun:
+    return msgspec.convert(await jobs.run("cost_summaries"), RefreshRun)

@@ -1,0 +1,106 @@
+"""The arq worker: `finops worker` (or `arq workers.settings.WorkerSettings`).
+
+Cron jobs evaluate every budget every BUDGET_CHECK_INTERVAL seconds and refresh
+cost summaries every COST_AGGREGATION_INTERVAL seconds; the API enqueues the
+same functions on demand and after ingest touches a budget's scope. Every job
+has a timeout, a try limit and exponential backoff; cron runs and triggered
+runs carry job ids, so duplicates are dropped by arq.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import anyio.to_thread
+from arq import cron, func
+from arq.connections import RedisSettings
+from arq.cron import CronJob
+from arq.worker import Function, Worker
+
+from service.app import open_database
+from service.settings import Settings, get_settings
+from service.storage.clickhouse import ClickHouse
+from workers.jobs import evaluate_budgets_job, refresh_cost_summaries_job
+
+JOB_TIMEOUT_S = 300
+MAX_TRIES = 4
+
+
+def cron_times(interval_s: int) -> dict[str, set[int]]:
+    """arq cron fields for 'every `interval_s` seconds', rounded to what a clock can express."""
+    if interval_s < 60:
+        step = max(1, interval_s)
+        return {"second": set(range(0, 60, step))}
+    if interval_s < 3600:
+        return {"minute": set(range(0, 60, max(1, interval_s // 60))), "second": {0}}
+    hours = max(1, interval_s // 3600)
+    return {"hour": set(range(0, 24, min(hours, 24))), "minute": {0}, "second": {0}}
+
+
+def functions() -> list[Function]:
+    return [
+        func(evaluate_budgets_job, name="evaluate_budgets", timeout=JOB_TIMEOUT_S, max_tries=MAX_TRIES),
+        func(refresh_cost_summaries_job, name="cost_summaries", timeout=JOB_TIMEOUT_S, max_tries=MAX_TRIES),
+    ]
+
+
+def cron_jobs(settings: Settings) -> list[CronJob]:
+    return [
+        cron(
+            evaluate_budgets_job,
+            name="cron:evaluate_budgets",
+            timeout=JOB_TIMEOUT_S,
+            max_tries=MAX_TRIES,
+            **cron_times(settings.budgets.check_interval_s),  # type: ignore[arg-type]
+        ),
+        cron(
+            refresh_cost_summaries_job,
+            name="cron:cost_summaries",
+            timeout=JOB_TIMEOUT_S,
+            max_tries=MAX_TRIES,
+            **cron_times(settings.costs.aggregation_interval_s),  # type: ignore[arg-type]
+        ),
+    ]
+
+
+def build_worker(settings: Settings, db: ClickHouse | None = None, **options: Any) -> Worker:
+    """A worker for `settings`; `db` lets a caller share an already open ClickHouse."""
+
+    async def startup(ctx: dict[str, Any]) -> None:
+        ctx["settings"] = settings
+        ctx["db"] = db if db is not None else await anyio.to_thread.run_sync(open_database, settings)
+
+    async def shutdown(ctx: dict[str, Any]) -> None:
+        if db is None and "db" in ctx:
+            await anyio.to_thread.run_sync(ctx["db"].close)
+
+    return Worker(
+        functions=functions(),
+        cron_jobs=cron_jobs(settings),
+        redis_settings=RedisSettings.from_dsn(settings.redis_url),
+        on_startup=startup,
+        on_shutdown=shutdown,
+        job_timeout=JOB_TIMEOUT_S,
+        max_tries=MAX_TRIES,
+        **options,
+    )
+
+
+class WorkerSettings:
+    """For the `arq` command line: settings from the environment."""
+
+    _settings = get_settings()
+    functions = functions()
+    cron_jobs = cron_jobs(_settings)
+    redis_settings = RedisSettings.from_dsn(_settings.redis_url or "redis://127.0.0.1:6379")
+    job_timeout = JOB_TIMEOUT_S
+    max_tries = MAX_TRIES
+
+    @staticmethod
+    async def on_startup(ctx: dict[str, Any]) -> None:
+        ctx["settings"] = WorkerSettings._settings
+        ctx["db"] = await anyio.to_thread.run_sync(open_database, WorkerSettings._settings)
+
+    @staticmethod
+    async def on_shutdown(ctx: dict[str, Any]) -> None:
+        await anyio.to_thread.run_sync(ctx["db"].close)
