@@ -14,7 +14,7 @@ from zoneinfo import ZoneInfo
 import anyio.to_thread
 import msgspec
 from litestar import Controller, Request, get, post
-from litestar.di import NamedDependency
+from litestar.di import NamedDependency, Provide
 from litestar.params import FromQuery, QueryParameter
 from litestar.response import Stream
 
@@ -38,8 +38,24 @@ RANGE = (
 Values = FromQuery[list[str] | None]
 
 
-def dimension_values(**values: list[str] | None) -> dict[str, list[str]]:
-    return {name: split_values(given) for name, given in values.items() if given}
+def dimension_values(
+    tenant_id: Values = None,
+    service: Values = None,
+    learner_id: Values = None,
+    provider: Values = None,
+    model: Values = None,
+    region: Values = None,
+) -> dict[str, list[str]]:
+    """Filters on every dimension, each repeatable or comma-separated (a dependency of every cost route)."""
+    given = {
+        "tenant_id": tenant_id,
+        "service": service,
+        "learner_id": learner_id,
+        "provider": provider,
+        "model": model,
+        "region": region,
+    }
+    return {name: split_values(values) for name, values in given.items() if values}
 
 
 def wants_csv(request: Request[Any, Any, Any], fmt: str | None) -> bool:
@@ -102,6 +118,7 @@ class CostController(Controller):
     path = "/costs"
     tags = ["costs"]
     guards = [require_roles(*READERS)]
+    dependencies = {"values": Provide(dimension_values, sync_to_thread=False)}
 
     @get(
         "/query",
@@ -121,31 +138,18 @@ class CostController(Controller):
         self,
         request: Request[Any, Any, Any],
         costs: NamedDependency[CostService],
+        values: NamedDependency[dict[str, list[str]]],
         queries: NamedDependency[CostQueries],
         start: FromQuery[datetime | None] = None,
         end: FromQuery[datetime | None] = None,
         group_by: Values = None,
         granularity: FromQuery[Granularity] = "none",
         tz: FromQuery[str] = "UTC",
-        tenant_id: Values = None,
-        service: Values = None,
-        learner_id: Values = None,
-        provider: Values = None,
-        model: Values = None,
-        region: Values = None,
         order_by: FromQuery[str] = "cost",
         limit: Annotated[int, QueryParameter(ge=1, le=10000)] = 100,
         cursor: FromQuery[str | None] = None,
         format: FromQuery[str | None] = None,
     ) -> CostQueryResult | Stream:
-        values = dimension_values(
-            tenant_id=tenant_id,
-            service=service,
-            learner_id=learner_id,
-            provider=provider,
-            model=model,
-            region=region,
-        )
         groups = check_group_by(group_by)
         principal = principal_of(request)
         if wants_csv(request, format):
@@ -188,27 +192,14 @@ class CostController(Controller):
         self,
         request: Request[Any, Any, Any],
         costs: NamedDependency[CostService],
+        values: NamedDependency[dict[str, list[str]]],
         period: FromQuery[Period] = "day",
         start: FromQuery[datetime | None] = None,
         end: FromQuery[datetime | None] = None,
         tz: FromQuery[str] = "UTC",
-        tenant_id: Values = None,
-        service: Values = None,
-        learner_id: Values = None,
-        provider: Values = None,
-        model: Values = None,
-        region: Values = None,
     ) -> CostSummary:
         if period not in ("day", "week", "month"):
             raise problem("period", "use day, week or month")
-        values = dimension_values(
-            tenant_id=tenant_id,
-            service=service,
-            learner_id=learner_id,
-            provider=provider,
-            model=model,
-            region=region,
-        )
         return await costs.summary(principal_of(request), start=start, end=end, period=period, tz=tz, values=values)
 
     @get(
@@ -221,23 +212,10 @@ class CostController(Controller):
         self,
         request: Request[Any, Any, Any],
         costs: NamedDependency[CostService],
+        values: NamedDependency[dict[str, list[str]]],
         start: FromQuery[datetime | None] = None,
         end: FromQuery[datetime | None] = None,
-        tenant_id: Values = None,
-        service: Values = None,
-        learner_id: Values = None,
-        provider: Values = None,
-        model: Values = None,
-        region: Values = None,
     ) -> ServiceBreakdown:
-        values = dimension_values(
-            tenant_id=tenant_id,
-            service=service,
-            learner_id=learner_id,
-            provider=provider,
-            model=model,
-            region=region,
-        )
         return await costs.by_service(principal_of(request), start, end, values)
 
     @get(
@@ -255,17 +233,12 @@ class CostController(Controller):
         self,
         request: Request[Any, Any, Any],
         costs: NamedDependency[CostService],
+        values: NamedDependency[dict[str, list[str]]],
         start: FromQuery[datetime | None] = None,
         end: FromQuery[datetime | None] = None,
-        tenant_id: Values = None,
-        service: Values = None,
-        provider: Values = None,
-        model: Values = None,
-        region: Values = None,
         limit: Annotated[int, QueryParameter(ge=1, le=1000)] = 10,
         q: FromQuery[str | None] = None,
     ) -> LearnerBreakdown:
-        values = dimension_values(tenant_id=tenant_id, service=service, provider=provider, model=model, region=region)
         return await costs.by_learner(principal_of(request), start, end, values, limit, q)
 
 
