@@ -18,6 +18,7 @@ from litestar.middleware import DefineMiddleware
 from litestar.openapi.config import OpenAPIConfig
 from litestar.openapi.plugins import RedocRenderPlugin, SwaggerRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
+from redis.asyncio import Redis
 
 from service.auth.guards import BearerTokenMiddleware
 from service.auth.tokens import TokenVerifier
@@ -42,6 +43,7 @@ from service.queue import ArqJobs, Jobs
 from service.settings import Settings, get_settings
 from service.storage.clickhouse import ClickHouse
 from service.storage.migrations import migrate, pending
+from service.usage.claims import SharedClaims
 from service.usage.controller import WRITE_AUTH, UsageEventController
 from service.usage.fastpath import UsageEventFastPath
 from service.usage.fastpath import operation as record_operation
@@ -205,7 +207,9 @@ def create_app(
                     ),
                 )
                 jobs = local
-            buffer = GroupCommitBuffer(database, settings.ingest, on_written=watch.notify)
+            redis = Redis.from_url(settings.redis_url) if settings.redis_url else None
+            shared = SharedClaims(redis) if redis is not None else None
+            buffer = GroupCommitBuffer(database, settings.ingest, on_written=watch.notify, shared=shared)
             buffer.start()
             local.start()
             wired.append(AppComponents(database, PricingState(book), buffer, jobs, watch, settings))
@@ -218,6 +222,8 @@ def create_app(
                 await buffer.stop()
                 if jobs is not local:
                     await jobs.stop()
+                if redis is not None:
+                    await redis.aclose()
         finally:
             await anyio.to_thread.run_sync(database.close)
 

@@ -38,6 +38,7 @@ from service.money import money_str, parse_money
 from service.pricing.calculator import PriceBook
 from service.settings import IngestSettings
 from service.storage.clickhouse import ClickHouse
+from service.usage.claims import SharedClaims
 from service.usage.schemas import (
     BatchItemResult,
     BatchResult,
@@ -268,7 +269,8 @@ class GroupCommitBuffer:
     to a writer; up to `max_concurrent_writes` batches are written at once,
     while the next batch gathers. A key is claimed in memory (on the event
     loop, so without races) for the time its batch is in flight: a repeat that
-    arrives meanwhile waits for that write and answers as its duplicate. The
+    arrives meanwhile waits for that write and answers as its duplicate. With
+    `shared` claims (Redis), replicas do the same across processes. The
     durable record of keys is `usage_event_keys`, checked before each INSERT.
     A failed write fails every request in its batch and releases its claims.
     """
@@ -278,10 +280,12 @@ class GroupCommitBuffer:
         db: ClickHouse,
         settings: IngestSettings,
         on_written: Callable[[list[UsageEvent]], None] | None = None,
+        shared: SharedClaims | None = None,
     ) -> None:
         self.db = db
         self.settings = settings
         self.on_written = on_written
+        self.shared = shared
         self._queue: deque[_Pending] = deque()
         self._rows = 0
         self._wake = asyncio.Event()
@@ -372,7 +376,7 @@ class GroupCommitBuffer:
                 self._claims[key] = loop.create_future()
         try:
             try:
-                written = await anyio.to_thread.run_sync(self._write, mine)
+                written = await self._write_claimed(mine)
             except BaseException as exc:
                 for key in mine:
                     self._claims.pop(key).set_exception(exc)
@@ -402,6 +406,16 @@ class GroupCommitBuffer:
                 INGEST_DUPLICATES.inc(duplicates)
             if not pending.future.done():
                 pending.future.set_result(outcomes)
+
+    async def _write_claimed(self, candidates: dict[Key, UsageEvent]) -> dict[Key, UsageEvent]:
+        """`_write`, holding the keys' claims shared with other replicas (when configured)."""
+        if self.shared is None or not candidates:
+            return await anyio.to_thread.run_sync(self._write, candidates)
+        token, held = await self.shared.claim(list(candidates))
+        try:
+            return await anyio.to_thread.run_sync(self._write, candidates)
+        finally:
+            await self.shared.release(token, held)
 
     def _write(self, candidates: dict[Key, UsageEvent]) -> dict[Key, UsageEvent]:
         """INSERT the candidates not stored yet; returns each key's stored event.
