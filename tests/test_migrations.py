@@ -347,3 +347,28 @@ def test_health_answers_503_pending_until_a_new_migration_is_applied(
     healthy = client.get("/health")
     assert healthy.status_code == 200
     assert healthy.json()["components"]["migrations"] == {"status": "ok", "detail": None}
+
+
+def test_totals_rollups_are_backfilled_then_fed_like_the_learner_rollups(fresh: ClickHouse, tmp_path: Path) -> None:
+    early = tmp_path / "early"
+    early.mkdir()
+    for path in sorted(migrations_dir().glob("*.sql")):
+        if int(path.name[:4]) < 7:
+            shutil.copy(path, early / path.name)
+    migrate(fresh, early)
+    first = datetime(2026, 3, 1, 10, 15, tzinfo=UTC)
+    insert_events(fresh, [stored_event(f"a{i}", first, learner_id=f"l{i}") for i in range(3)])
+    migrate(fresh)  # 0007 creates the totals rollups and backfills them
+    insert_events(fresh, [stored_event(f"b{i}", first, learner_id=f"m{i}") for i in range(2)])
+    migrate(fresh)  # applied once: no second backfill
+
+    def sums(table: str) -> list[tuple[Any, ...]]:
+        return fresh.query(
+            f"SELECT toString(bucket), tenant_id, service, sum(events), sum(cost_usd) FROM {table} "
+            "GROUP BY bucket, tenant_id, service ORDER BY bucket, tenant_id, service",
+            label="test.sums",
+        )
+
+    assert sums("usage_hourly_totals") == sums("usage_hourly")
+    assert sums("usage_daily_totals") == sums("usage_daily")
+    assert sums("usage_daily_totals")[0][3] == 5

@@ -16,6 +16,10 @@ fit inside it exactly:
 
 Each segment is half-open, and together they cover [start, end) exactly once,
 so totals equal `sum(cost_usd)` over the raw events of the same filter.
+
+The daily and hourly segments read the rollups without the learner
+(`usage_daily_totals`, `usage_hourly_totals`) unless the question groups,
+filters or searches by learner (`service.costs.query.union_sql`).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The `cost_summaries` table: pre-computed UTC days, weeks and months.
 
 `refresh_cost_summaries` recomputes every period touched by events received
-since the previous run (all periods on the first run) from `usage_daily`, and
+since the previous run (all periods on the first run) from `usage_daily_totals`, and
 records the run's watermark. Rows are exact for events received before their
 watermark; a period that receives events later is stale until the next run
 (every COST_AGGREGATION_INTERVAL seconds, or `POST /costs/summaries/refresh`).
@@ -81,7 +81,7 @@ def refresh_cost_summaries(db: ClickHouse, slack: timedelta = DEFAULT_SLACK) -> 
                 f"INSERT INTO cost_summaries (period, period_start, tenant_id, service, provider, model, {_COUNTS}, "
                 "cost_usd, computed_at) "
                 f"SELECT {{period:String}}, {bucket} AS start, tenant_id, service, provider, model, {_SUMS}, "
-                "sum(cost_usd), {watermark:DateTime64(3, 'UTC')} FROM usage_daily "
+                "sum(cost_usd), {watermark:DateTime64(3, 'UTC')} FROM usage_daily_totals "
                 f"WHERE {bucket} IN (SELECT DISTINCT {bucket.replace('bucket', 'd')} "
                 "FROM (SELECT arrayJoin({days:Array(Date)}) AS d)) "
                 "GROUP BY start, tenant_id, service, provider, model",

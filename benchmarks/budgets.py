@@ -1,0 +1,1052 @@
+"""Budget evaluation: one full pass over every budget, and ingest-to-alert latency in embedded mode.
+
+Run by `make bench` as `.venv/bin/python benchmarks/budgets.py`. In one process, on a temporary
+chDB path (chDB allows one engine path per process):
+
+1. Migrates a fresh database and bulk-loads `--events` synthetic priced events (default
+   10,000,000) over the last `--days` days (default 90) across the demo's 6 tenants and
+   `--learners` distinct learners (default 100,000), with the loader of `benchmarks/queries.py`
+   (column-oriented INSERTs through the materialized views, as a real ingest fills the rollups).
+2. Writes `--budgets` budgets (default 10,000) with one INSERT of `budget_row`s: a few global
+   ones; per tenant monthly, weekly and daily in UTC, America/New_York, Europe/Paris and
+   Asia/Tokyo, plus a custom period; per (tenant, service) and per service; one per-learner
+   template per tenant (monthly UTC, applying to every learner of the tenant: ~all learners are
+   evaluated); and single-learner budgets for the rest, spread over the learners. Limits are
+   calibrated from the spend the service itself measures (one untimed `evaluate`), so some but
+   not all thresholds cross. Single-learner budgets avoid the templates' (monthly, UTC) window:
+   `evaluate` groups both into one query whose learner filter then drops every learner without a
+   budget of its own from the template (the check "template + single-learner group" shows it).
+3. Times `evaluate_budgets(db)` `--passes` times (the first fires alerts, later ones are steady
+   state), each with the time of its ClickHouse calls (budgets read, measure queries, current
+   alerts read, alert write), then one instrumented copy of the pass that times each step of
+   `evaluate_budgets` separately and every measure query (and the slowest once more, wrapped in
+   `count()`, to separate the engine's time from moving rows into Python). Spend is checked
+   against the raw events for a sample of budgets.
+4. Ingest-to-alert latency over `--crossings` crossings: builds the real app
+   (`service.app.create_app`, embedded mode, same chDB path and database) and drives it with
+   Litestar's TestClient in this process. `--crossings` budgets of 1 USD with one 100 % actual
+   threshold are added first (scope: tenant and a service of their own); for each, one event of
+   1.5 USD is POSTed to /usage-events and GET /alerts?budget_id=... is polled until the alert
+   exists. Latency = alert seen - ack; the alert's created_at (the evaluation pass's start)
+   splits it into ack -> pass start and pass start -> seen. Every triggered pass evaluates every
+   budget, so latency ~ BUDGET_TRIGGER_DELAY_MS + one full pass.
+
+Timings are printed, never asserted: a slow figure says "below target" and does not change the exit
+code. The script exits non-zero only when it cannot measure, or when an evaluation answer is wrong
+(spend differing from the raw events, a per-learner template missing learners).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import resource
+import shutil
+import sys
+import tempfile
+import time
+import uuid
+from collections import Counter, defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from decimal import ROUND_HALF_EVEN, Decimal
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import msgspec
+from litestar import Litestar
+from litestar.testing import TestClient
+from prometheus_client import REGISTRY
+from tqdm import tqdm
+
+from benchmarks.queries import learner_ids, load, say
+from service.auth.principal import Role
+from service.auth.tokens import issue_token
+from service.budgets.evaluate import (
+    Evaluation,
+    Window,
+    alert_row,
+    budget_window,
+    evaluate,
+    evaluate_budgets,
+    group_columns,
+)
+from service.budgets.schemas import DEFAULT_THRESHOLDS, Budget, EvaluationRun, PeriodName, Scope, Threshold
+from service.budgets.store import ALERT_COLUMNS, BUDGET_COLUMNS, BudgetStore, budget_from_row, budget_row
+from service.costs.plan import plan
+from service.errors import DomainError
+from service.money import money_str
+from service.settings import AuthSettings, DatabaseSettings, ServerSettings, Settings
+from service.storage.clickhouse import ClickHouse
+from service.storage.migrations import migrate
+from service.usage.demo import TENANTS, TRAFFIC
+
+DATABASE = "bench"
+JWT_SECRET = "finops-bench-" + "0123456789abcdef" * 3
+ZONES = ("UTC", "America/New_York", "Europe/Paris", "Asia/Tokyo")
+SERVICES = tuple(dict.fromkeys(t[0] for t in TRAFFIC))
+CENT = Decimal("0.01")
+POLL_S = 0.02  # how often the latency phase asks GET /alerts
+CROSSING_TIMEOUT_S = 60.0
+STARTUP_TIMEOUT_S = 900.0
+
+# Targets.
+PASS_TARGET_S = 2.0
+LATENCY_P95_TARGET_S = 2.0
+
+# Single-learner budgets: (period, zone, share). None of them in the templates' window (monthly UTC).
+SINGLE_MIX: tuple[tuple[PeriodName, str, float], ...] = (
+    ("monthly", "America/New_York", 0.30),
+    ("monthly", "Europe/Paris", 0.25),
+    ("monthly", "Asia/Tokyo", 0.15),
+    ("weekly", "UTC", 0.20),
+    ("daily", "UTC", 0.10),
+)
+TEMPLATE_THRESHOLDS = [Threshold(80, "actual"), Threshold(100, "actual"), Threshold(100, "forecast")]
+FIXED_MIN = 200  # budgets below which the mix is not worth the name
+TENANT_PERIODS: tuple[PeriodName, ...] = ("monthly", "weekly", "daily")
+
+_started = time.perf_counter()
+
+
+def now_ms() -> datetime:
+    now = datetime.now(UTC)
+    return now.replace(microsecond=now.microsecond - now.microsecond % 1000)
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+# -- a ClickHouse that records every call ------------------------------------------
+
+
+@dataclass
+class Call:
+    label: str
+    sql: str
+    parameters: dict[str, Any]
+    started: float
+    seconds: float
+    rows: int
+
+
+class RecordingClickHouse(ClickHouse):
+    """The service's client, with each call's label, SQL, start and duration kept in `calls`."""
+
+    def __init__(self, url: str, database: str) -> None:
+        super().__init__(url, database)
+        self.calls: list[Call] = []
+
+    def _record(self, label: str, sql: str, parameters: dict[str, Any] | None, began: float, rows: int) -> None:
+        self.calls.append(Call(label, sql, dict(parameters or {}), began, time.perf_counter() - began, rows))
+
+    def query(self, sql: str, parameters: dict[str, Any] | None = None, *, label: str) -> list[tuple[Any, ...]]:
+        began = time.perf_counter()
+        rows = super().query(sql, parameters, label=label)
+        self._record(label, sql, parameters, began, len(rows))
+        return rows
+
+    def query_dicts(self, sql: str, parameters: dict[str, Any] | None = None, *, label: str) -> list[dict[str, Any]]:
+        began = time.perf_counter()
+        rows = super().query_dicts(sql, parameters, label=label)
+        self._record(label, sql, parameters, began, len(rows))
+        return rows
+
+    def insert(
+        self,
+        table: str,
+        data: Sequence[Sequence[Any]],
+        column_names: Sequence[str],
+        *,
+        label: str,
+        column_oriented: bool = False,
+        settings: dict[str, Any] | None = None,
+    ) -> None:
+        began = time.perf_counter()
+        super().insert(table, data, column_names, label=label, column_oriented=column_oriented, settings=settings)
+        rows = len(data[0]) if column_oriented and data else len(data)
+        self._record(label, f"INSERT INTO {table}", None, began, rows)
+
+    def take(self) -> list[Call]:
+        calls, self.calls = self.calls, []
+        return calls
+
+
+# -- budgets ---------------------------------------------------------------------------
+
+
+@dataclass
+class BudgetMix:
+    budgets: list[Budget]
+    kinds: dict[str, str]  # budget_id -> kind
+    learners: dict[str, tuple[str, ...]]
+
+    def count(self) -> Counter[str]:
+        return Counter(self.kinds.values())
+
+
+def new_budget(
+    rng: random.Random,
+    created: datetime,
+    name: str,
+    scope: Scope,
+    *,
+    period: PeriodName = "monthly",
+    zone: str = "UTC",
+    per_learner: bool = False,
+    thresholds: Sequence[Threshold] | None = None,
+    enabled: bool = True,
+    start: datetime | None = None,
+    end: datetime | None = None,
+) -> Budget:
+    return Budget(
+        budget_id=f"bud_{rng.getrandbits(80):020x}",
+        version=1,
+        name=name,
+        scope=scope,
+        per_learner=per_learner,
+        period=period,
+        timezone=zone,
+        period_start=start,
+        period_end=end,
+        limit_usd="1",  # calibrated later
+        thresholds=list(thresholds if thresholds is not None else DEFAULT_THRESHOLDS),
+        channels=[],
+        enabled=enabled,
+        created_at=created,
+        created_by="finops-bench",
+        updated_at=created,
+        updated_by="finops-bench",
+    )
+
+
+def budget_mix(total: int, learners: dict[str, tuple[str, ...]], now: datetime, seed: int) -> BudgetMix:
+    """`total` budgets: the fixed kinds below, then single-learner budgets for the rest."""
+    rng = random.Random(seed)
+    out: list[Budget] = []
+    kinds: dict[str, str] = {}
+
+    def add(kind: str, budget: Budget) -> None:
+        out.append(budget)
+        kinds[budget.budget_id] = kind
+
+    add("global", new_budget(rng, now, "platform monthly", Scope()))
+    add("global", new_budget(rng, now, "platform weekly", Scope(), period="weekly"))
+    add("global", new_budget(rng, now, "platform monthly NY", Scope(), zone="America/New_York"))
+    custom_start = (now - timedelta(days=10)).replace(minute=17, second=0, microsecond=0)
+    for tenant in TENANTS:
+        for period in TENANT_PERIODS:
+            for zone in ZONES:
+                name = f"{tenant} {period} {zone}"
+                add("tenant", new_budget(rng, now, name, Scope(tenant), period=period, zone=zone))
+        add(
+            "tenant custom",
+            new_budget(
+                rng,
+                now,
+                f"{tenant} term",
+                Scope(tenant),
+                period="custom",
+                start=custom_start,
+                end=custom_start + timedelta(days=30),
+            ),
+        )
+        for service in SERVICES:
+            add("tenant+service", new_budget(rng, now, f"{tenant} {service}", Scope(tenant, service)))
+            add(
+                "tenant+service",
+                new_budget(
+                    rng, now, f"{tenant} {service} weekly", Scope(tenant, service), period="weekly", zone="Europe/Paris"
+                ),
+            )
+        add(
+            "per-learner template",
+            new_budget(
+                rng,
+                now,
+                f"{tenant} each learner",
+                Scope(tenant),
+                per_learner=True,
+                thresholds=TEMPLATE_THRESHOLDS,
+            ),
+        )
+    for service in SERVICES:
+        add("service", new_budget(rng, now, f"{service} all tenants", Scope(service=service)))
+    singles = max(0, total - len(out))
+    owners = [(tenant, learner) for tenant, ids in learners.items() for learner in ids]
+    picked = rng.sample(owners, min(singles, len(owners)))
+    cumulative: list[tuple[float, PeriodName, str]] = []
+    acc = 0.0
+    for period, zone, share in SINGLE_MIX:
+        acc += share
+        cumulative.append((acc, period, zone))
+    for tenant, learner in picked:
+        draw = rng.random() * acc
+        period, zone = next((p, z) for edge, p, z in cumulative if draw < edge)
+        add(
+            "single learner",
+            new_budget(
+                rng,
+                now,
+                f"{learner} {period}",
+                Scope(tenant, learner_id=learner),
+                period=period,
+                zone=zone,
+                enabled=rng.random() >= 0.01,
+            ),
+        )
+    return BudgetMix(out, kinds, learners)
+
+
+def calibrate(db: ClickHouse, mix: BudgetMix, now: datetime, seed: int) -> tuple[list[Budget], float, int]:
+    """Limits from the spend `evaluate` measures now: per-learner templates at their tenant's 95th
+    percentile learner / 0.8; every other budget so its share used is lognormal around 45 %."""
+    rng = random.Random(seed + 1)
+    began = time.perf_counter()
+    evaluations, queries = evaluate(db, mix.budgets, now)
+    seconds = time.perf_counter() - began
+    spends: dict[str, list[Decimal]] = defaultdict(list)
+    for evaluation in evaluations:
+        spends[evaluation.budget.budget_id].append(evaluation.spend)
+    out: list[Budget] = []
+    for budget in mix.budgets:
+        found = sorted(spends.get(budget.budget_id, []))
+        if budget.per_learner and found:
+            limit = found[int(0.95 * (len(found) - 1))] / Decimal("0.8")
+        elif found and found[0] > 0:
+            limit = found[0] / Decimal(str(max(0.05, rng.lognormvariate(-0.8, 0.5))))
+        else:
+            limit = Decimal(5)
+        limit = max(CENT, limit.quantize(CENT, rounding=ROUND_HALF_EVEN))
+        out.append(msgspec.structs.replace(budget, limit_usd=money_str(limit)))
+    return out, seconds, queries
+
+
+def write_budgets(db: ClickHouse, budgets: Sequence[Budget]) -> float:
+    began = time.perf_counter()
+    db.insert("budgets", [budget_row(b) for b in budgets], BUDGET_COLUMNS, label="bench.budgets")
+    return time.perf_counter() - began
+
+
+# -- timed passes ----------------------------------------------------------------------
+
+
+@dataclass
+class PassFigures:
+    run: EvaluationRun
+    wall: float
+    calls: list[Call]
+
+    def seconds_of(self, label: str) -> float:
+        return sum(c.seconds for c in self.calls if c.label == label)
+
+    @property
+    def measures(self) -> list[Call]:
+        return [c for c in self.calls if c.label == "budgets.measure"]
+
+    @property
+    def python(self) -> float:
+        return self.wall - sum(c.seconds for c in self.calls)
+
+    def describe(self) -> str:
+        measures = self.measures
+        slowest = max((c.seconds for c in measures), default=0.0)
+        return (
+            f"{self.run.seconds:.3f}s: {self.run.budgets:,} budgets, {self.run.queries} queries, "
+            f"fired {self.run.fired:,}, resolved {self.run.resolved:,} | budgets read "
+            f"{self.seconds_of('budgets.list'):.3f}s, measure queries {sum(c.seconds for c in measures):.3f}s "
+            f"(slowest {slowest:.3f}s), alerts read {self.seconds_of('alerts.current'):.3f}s, alert write "
+            f"{self.seconds_of('alerts.write'):.3f}s, Python {self.python:.3f}s"
+        )
+
+
+def timed_passes(db: RecordingClickHouse, passes: int) -> list[PassFigures]:
+    out: list[PassFigures] = []
+    for index in range(passes):
+        db.take()
+        began = time.perf_counter()
+        run, _ = evaluate_budgets(db)
+        wall = time.perf_counter() - began
+        figures = PassFigures(run, wall, db.take())
+        out.append(figures)
+        say(f"pass {index + 1}/{passes}{' (fires alerts)' if index == 0 else ''}: {figures.describe()}")
+    return out
+
+
+@dataclass
+class GroupQuery:
+    columns: tuple[str, ...]
+    window: Window
+    label: str  # "monthly UTC", ...
+    members: int
+    per_learner: int
+    rows: int
+    seconds: float
+    sources: str
+    learner_filter: int
+
+
+@dataclass
+class Steps:
+    """One instrumented pass: each step of evaluate_budgets, timed on its own."""
+
+    now: datetime
+    budgets: int
+    read_sql: float
+    read_convert: float
+    grouping: float
+    evaluate: float
+    measure_total: float
+    evaluations: int
+    crossing: float
+    crossings: int
+    existing_read: float
+    existing: int
+    diff: float
+    changes: int
+    write: float
+    total: float
+    groups: list[GroupQuery]
+    evaluation_list: list[Evaluation] = field(repr=False, default_factory=list)
+    slowest_rerun: float = 0.0
+    slowest_count: float = 0.0
+
+    @property
+    def evaluate_python(self) -> float:
+        return self.evaluate - self.measure_total
+
+
+def window_label(budgets: Sequence[Budget]) -> str:
+    kinds = sorted({f"{b.period} {b.timezone}" for b in budgets})
+    return kinds[0] if len(kinds) == 1 else f"{kinds[0]} +{len(kinds) - 1}"
+
+
+def instrumented_pass(db: RecordingClickHouse) -> Steps:
+    """evaluate_budgets, step by step in the same order, each step timed (the service is not edited)."""
+    db.take()
+    now = datetime.now(UTC)
+    started = time.perf_counter()
+    store = BudgetStore(db)
+    # store.find(tenant_visible=None, filters={}): its SQL, then its row conversion, timed apart
+    rows = db.query_dicts(
+        f"SELECT {', '.join(BUDGET_COLUMNS)} FROM budgets FINAL WHERE 1 ORDER BY budget_id", {}, label="budgets.list"
+    )
+    t_read = time.perf_counter()
+    budgets = [budget_from_row(row) for row in rows]
+    t_convert = time.perf_counter()
+    # the grouping evaluate() does first, repeated here only to name each query's group
+    groups: dict[tuple[tuple[str, ...], Window], list[Budget]] = defaultdict(list)
+    for budget in budgets:
+        if budget.enabled:
+            window = budget_window(budget, now)
+            if window is not None:
+                groups[(group_columns(budget), window)].append(budget)
+    t_group = time.perf_counter()
+    db.take()
+    evaluations, _queries = evaluate(db, budgets, now)
+    t_evaluate = time.perf_counter()
+    measures = [c for c in db.take() if c.label == "budgets.measure"]
+    crossing: dict[str, list[Any]] = {}
+    for evaluation in evaluations:
+        for percent, kind in evaluation.crossed():
+            row = alert_row(evaluation, percent, kind, now)
+            crossing[row[0]] = row
+    t_cross = time.perf_counter()
+    existing = {
+        row["alert_id"]: row
+        for row in store.alert_rows("period_end > {now:DateTime64(3, 'UTC')}", {"now": now}, label="alerts.current")
+    }
+    t_existing = time.perf_counter()
+    fresh = [row for key, row in crossing.items() if key not in existing]
+    changes = list(fresh)
+    index = {name: i for i, name in enumerate(ALERT_COLUMNS)}
+    for key, stored in existing.items():
+        wanted = "active" if key in crossing else "resolved"
+        if stored["state"] != wanted:
+            updated = [stored[name] for name in ALERT_COLUMNS]
+            updated[index["state"]] = wanted
+            updated[index["updated_at"]] = now
+            updated[index["version"]] = int(stored["version"]) + 1
+            changes.append(updated)
+    t_diff = time.perf_counter()
+    store.write_alerts(changes)
+    t_write = time.perf_counter()
+
+    described: list[GroupQuery] = []
+    if len(measures) == len(groups):
+        for ((columns, window), members), call in zip(groups.items(), measures, strict=True):
+            sources = [s.source for s in plan(window.start, min(window.end, now + timedelta(hours=1)), "none", "UTC")]
+            described.append(
+                GroupQuery(
+                    columns=columns,
+                    window=window,
+                    label=window_label(members),
+                    members=len(members),
+                    per_learner=sum(1 for b in members if b.per_learner),
+                    rows=call.rows,
+                    seconds=call.seconds,
+                    sources="+".join(dict.fromkeys(sources)),
+                    learner_filter=len(call.parameters.get("f_learner_id", [])),
+                )
+            )
+    steps = Steps(
+        now=now,
+        budgets=len(budgets),
+        read_sql=t_read - started,
+        read_convert=t_convert - t_read,
+        grouping=t_group - t_convert,
+        evaluate=t_evaluate - t_group,
+        measure_total=sum(c.seconds for c in measures),
+        evaluations=len(evaluations),
+        crossing=t_cross - t_evaluate,
+        crossings=len(crossing),
+        existing_read=t_existing - t_cross,
+        existing=len(existing),
+        diff=t_diff - t_existing,
+        changes=len(changes),
+        write=t_write - t_diff,
+        total=t_write - started - (t_group - t_convert),  # the grouping above is the bench's, not the pass's
+        groups=described,
+        evaluation_list=evaluations,
+    )
+    if measures:
+        slowest = max(measures, key=lambda c: c.seconds)
+        began = time.perf_counter()
+        db.query(slowest.sql, slowest.parameters, label="bench.rerun")
+        steps.slowest_rerun = time.perf_counter() - began
+        began = time.perf_counter()
+        db.query(f"SELECT count() FROM ({slowest.sql})", slowest.parameters, label="bench.rerun_count")
+        steps.slowest_count = time.perf_counter() - began
+        db.take()
+    return steps
+
+
+def report_steps(steps: Steps) -> None:
+    say(
+        f"instrumented pass: {steps.total:.3f}s over {steps.budgets:,} budgets "
+        f"(evaluate_budgets' steps, same order, timed apart):"
+    )
+    say(f"  load budgets: SQL {steps.read_sql:.3f}s + budget_from_row {steps.read_convert:.3f}s")
+    say(
+        f"  evaluate(): {steps.evaluate:.3f}s = {len(steps.groups) or '?'} measure queries {steps.measure_total:.3f}s "
+        f"+ Python {steps.evaluate_python:.3f}s ({steps.evaluations:,} evaluations: forecasts, per-learner rows)"
+    )
+    say(f"  crossed() + alert_row: {steps.crossing:.3f}s for {steps.crossings:,} crossings")
+    say(f"  existing alerts read: {steps.existing_read:.3f}s for {steps.existing:,} rows (FINAL, as dicts)")
+    say(f"  diff: {steps.diff:.3f}s; alert write: {steps.write:.3f}s for {steps.changes:,} rows")
+    say(f"  (bench-side regrouping to name the queries: {steps.grouping:.3f}s, not counted)")
+    if not steps.groups:
+        say("  measure queries could not be matched to groups; per-query table skipped")
+        return
+    say("  measure queries, slowest first: seconds | rows | columns | window | budgets | learner filter | sources")
+    for group in sorted(steps.groups, key=lambda g: -g.seconds):
+        span = (group.window.end - group.window.start).total_seconds() / 86400
+        templates = f" ({group.per_learner} per-learner)" if group.per_learner else ""
+        say(
+            f"    {group.seconds:6.3f}s {group.rows:>7,} rows  ({', '.join(group.columns) or 'global'})  "
+            f"{group.label} {group.window.start:%m-%d %H:%M}Z +{span:.0f}d  {group.members:,} budgets{templates}  "
+            f"IN[{group.learner_filter:,}]  {group.sources}"
+        )
+    say(
+        f"  slowest measure query again: {steps.slowest_rerun:.3f}s; wrapped in SELECT count() (same scan and "
+        f"GROUP BY, one row back): {steps.slowest_count:.3f}s"
+    )
+
+
+# -- correctness checks ----------------------------------------------------------------
+
+
+@dataclass
+class Check:
+    name: str
+    ok: bool
+    detail: str
+
+
+def raw_spend(db: ClickHouse, budget: Budget, window: Window, now: datetime) -> Decimal:
+    where = ["event_time >= {s:DateTime64(3, 'UTC')}", "event_time < {e:DateTime64(3, 'UTC')}"]
+    params: dict[str, Any] = {"s": window.start, "e": min(window.end, now + timedelta(hours=1))}
+    for column in ("tenant_id", "service", "learner_id"):
+        value = getattr(budget.scope, column)
+        if value:
+            where.append(f"{column} = {{{column}:String}}")
+            params[column] = value
+    rows = db.query(
+        f"SELECT sum(ifNull(cost_usd, 0)) FROM usage_events WHERE {' AND '.join(where)}", params, label="bench.raw"
+    )
+    return Decimal(rows[0][0] or 0)
+
+
+def raw_learners(db: ClickHouse, tenant: str, window: Window, now: datetime) -> int:
+    rows = db.query(
+        "SELECT uniqExact(learner_id) FROM usage_events WHERE tenant_id = {t:String} AND learner_id != '' "
+        "AND event_time >= {s:DateTime64(3, 'UTC')} AND event_time < {e:DateTime64(3, 'UTC')}",
+        {"t": tenant, "s": window.start, "e": min(window.end, now + timedelta(hours=1))},
+        label="bench.raw",
+    )
+    return int(rows[0][0])
+
+
+def checks(db: ClickHouse, steps: Steps, mix: BudgetMix, seed: int) -> list[Check]:
+    rng = random.Random(seed + 2)
+    now = steps.now
+    out: list[Check] = []
+    # 1. spend of sampled budgets (every kind) against the raw events
+    by_kind: dict[str, list[Evaluation]] = defaultdict(list)
+    for evaluation in steps.evaluation_list:
+        if not evaluation.learner:
+            by_kind[mix.kinds.get(evaluation.budget.budget_id, "other")].append(evaluation)
+    sample = [e for kind in sorted(by_kind) for e in rng.sample(by_kind[kind], min(6, len(by_kind[kind])))]
+    wrong = [
+        f"{e.budget.name}: {e.spend} != {raw}"
+        for e in sample
+        if (raw := raw_spend(db, e.budget, e.window, now)) != e.spend
+    ]
+    out.append(
+        Check(
+            "spend = raw events",
+            not wrong,
+            f"{len(sample) - len(wrong)}/{len(sample)} sampled budgets equal" + (f"; {wrong[0]}" if wrong else ""),
+        )
+    )
+    # 2. each per-learner template evaluates every learner with events in its window
+    templates = [b for b in mix.budgets if b.per_learner and b.enabled]
+    counted = Counter(e.budget.budget_id for e in steps.evaluation_list if e.learner)
+    missing: list[str] = []
+    expected_total = 0
+    for template in templates:
+        window = budget_window(template, now)
+        if window is None or template.scope.tenant_id is None:
+            continue
+        expected = raw_learners(db, template.scope.tenant_id, window, now)
+        expected_total += expected
+        if counted[template.budget_id] != expected:
+            missing.append(f"{template.scope.tenant_id}: {counted[template.budget_id]:,} of {expected:,}")
+    out.append(
+        Check(
+            "template learners",
+            not missing,
+            f"{sum(counted[t.budget_id] for t in templates):,} learner evaluations, {expected_total:,} learners "
+            "with events" + (f"; {missing[0]}" if missing else ""),
+        )
+    )
+    # 3. a template and one single-learner budget of the same tenant in the same (monthly UTC) window
+    if templates:
+        template = templates[0]
+        window = budget_window(template, now)
+        tenant = template.scope.tenant_id
+        if window is not None and tenant is not None:
+            alone = [e for e in evaluate(db, [template], now)[0] if e.budget.budget_id == template.budget_id]
+            single = new_budget(
+                rng, now, "probe", Scope(tenant, learner_id=mix.learners[tenant][0]), thresholds=[Threshold(100)]
+            )
+            together = [e for e in evaluate(db, [template, single], now)[0] if e.budget.budget_id == template.budget_id]
+            out.append(
+                Check(
+                    "template + single-learner group",
+                    len(together) == len(alone),
+                    f"{tenant} template alone: {len(alone):,} learners; with one monthly-UTC single-learner "
+                    f"budget of the tenant in the pass: {len(together):,}",
+                )
+            )
+    return out
+
+
+# -- ingest-to-alert latency (embedded app) -------------------------------------------
+
+
+@dataclass
+class Crossing:
+    ack: float  # wall clock (time.time) when POST /usage-events answered
+    post_seconds: float
+    created: float  # the alert's created_at: the start of the pass that fired it
+    seen: float  # wall clock when GET /alerts first showed it
+    polls: int
+
+    @property
+    def latency(self) -> float:
+        return self.seen - self.ack
+
+    @property
+    def to_created(self) -> float:
+        return self.created - self.ack
+
+    @property
+    def created_to_seen(self) -> float:
+        return self.seen - self.created
+
+
+@dataclass
+class LatencyFigures:
+    crossings: list[Crossing]
+    missed: int
+    delay_ms: int
+    passes: int
+    pass_seconds: float
+    budgets: int
+    startup_seconds: float
+    startup_evaluation: float
+    startup_summaries: float
+
+    def p(self, values: Sequence[float], q: float) -> float:
+        return percentile(values, q) if values else float("nan")
+
+
+def sample(name: str, labels: dict[str, str]) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+def job_runs(job: str) -> float:
+    return sum(sample("finops_job_runs_total", {"job": job, "outcome": o}) for o in ("succeeded", "failed"))
+
+
+def job_seconds(job: str) -> tuple[float, float]:
+    return sample("finops_job_seconds_sum", {"job": job}), sample("finops_job_seconds_count", {"job": job})
+
+
+def crossing_budgets(db: ClickHouse, count: int, now: datetime, seed: int) -> list[Budget]:
+    rng = random.Random(seed + 3)
+    budgets = [
+        new_budget(
+            rng,
+            now,
+            f"bench crossing {i}",
+            Scope(TENANTS[i % len(TENANTS)], f"bench-svc-{i}"),
+            thresholds=[Threshold(100, "actual")],
+        )
+        for i in range(count)
+    ]
+    budgets = [msgspec.structs.replace(b, limit_usd="1") for b in budgets]
+    write_budgets(db, budgets)
+    return budgets
+
+
+def wait_until(condition: Callable[[], bool], timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"timed out after {timeout_s:.0f}s waiting for {what}")
+        time.sleep(0.1)
+
+
+def latency_phase(workdir: Path, crossing: Sequence[Budget], total_budgets: int) -> LatencyFigures:
+    from service.app import create_app
+
+    settings = Settings(
+        server=ServerSettings(environment="development"),
+        database=DatabaseSettings(url=f"chdb://{workdir / 'ch'}", database=DATABASE),
+        auth=AuthSettings(jwt_secret=JWT_SECRET),
+    )
+    delay_ms = settings.budgets.trigger_delay_ms
+    token = issue_token(JWT_SECRET, role=Role.ADMIN, subject="finops-bench", minutes=240)
+    headers = {"Authorization": f"Bearer {token}"}
+    runs_before = {job: job_runs(job) for job in ("evaluate_budgets", "cost_summaries")}
+    seconds_before = {job: job_seconds(job)[0] for job in ("evaluate_budgets", "cost_summaries")}
+    say(
+        f"latency: create_app (embedded: JobRunner, GroupCommitBuffer(on_written=watch.notify)) on the same chDB "
+        f"path and database; BUDGET_TRIGGER_DELAY_MS={delay_ms}, BUDGET_CHECK_INTERVAL="
+        f"{settings.budgets.check_interval_s}s"
+    )
+    app: Litestar = create_app(settings)
+    began = time.perf_counter()
+    run = uuid.uuid4().hex[:8]
+    results: list[Crossing] = []
+    missed = 0
+    with TestClient(app=app) as client:
+        say("latency: app started; waiting for its start-up jobs (an evaluation pass, the cost_summaries refresh)")
+        wait_until(
+            lambda: all(job_runs(job) > runs_before[job] for job in runs_before),
+            STARTUP_TIMEOUT_S,
+            "the start-up jobs",
+        )
+        startup = time.perf_counter() - began
+        startup_eval = job_seconds("evaluate_budgets")[0] - seconds_before["evaluate_budgets"]
+        startup_sum = job_seconds("cost_summaries")[0] - seconds_before["cost_summaries"]
+        say(
+            f"latency: start-up jobs done after {startup:.1f}s (evaluation pass {startup_eval:.2f}s, "
+            f"cost_summaries refresh {startup_sum:.1f}s, concurrently)"
+        )
+        pass_sum0, pass_count0 = job_seconds("evaluate_budgets")
+        with tqdm(total=len(crossing), unit="alert", desc="crossings", mininterval=2.0) as bar:
+            for index, budget in enumerate(crossing):
+                body = {
+                    "event_id": f"bench-cross-{run}-{index}",
+                    "tenant_id": budget.scope.tenant_id,
+                    "service": budget.scope.service,
+                    "provider": "openai",
+                    "model": "gpt-4o-mini",
+                    "input_tokens": 1000,
+                    "output_tokens": 100,
+                    "cost_usd": "1.5",
+                    "timestamp": datetime.now(UTC).isoformat(),
+                    "metadata": {"source": "finops-bench"},
+                }
+                posted = time.perf_counter()
+                response = client.post("/usage-events", json=body, headers=headers)
+                ack = time.time()
+                post_seconds = time.perf_counter() - posted
+                if response.status_code != 201:
+                    raise RuntimeError(f"POST /usage-events answered {response.status_code}: {response.text[:300]}")
+                polls = 0
+                deadline = time.monotonic() + CROSSING_TIMEOUT_S
+                found: dict[str, Any] | None = None
+                while time.monotonic() < deadline:
+                    polls += 1
+                    page = client.get("/alerts", params={"budget_id": budget.budget_id}, headers=headers)
+                    if page.status_code != 200:
+                        raise RuntimeError(f"GET /alerts answered {page.status_code}: {page.text[:300]}")
+                    items = page.json()["items"]
+                    if items:
+                        found = items[0]
+                        break
+                    time.sleep(POLL_S)
+                seen = time.time()
+                if found is None:
+                    missed += 1
+                    say(f"latency: no alert for crossing {index} within {CROSSING_TIMEOUT_S:.0f}s")
+                    if missed >= 5:
+                        raise RuntimeError("5 crossings produced no alert; the trigger path is not working")
+                else:
+                    created = datetime.fromisoformat(found["created_at"]).timestamp()
+                    results.append(Crossing(ack, post_seconds, created, seen, polls))
+                bar.update(1)
+        pass_sum1, pass_count1 = job_seconds("evaluate_budgets")
+    passes = int(pass_count1 - pass_count0)
+    return LatencyFigures(
+        crossings=results,
+        missed=missed,
+        delay_ms=delay_ms,
+        passes=passes,
+        pass_seconds=(pass_sum1 - pass_sum0) / passes if passes else 0.0,
+        budgets=total_budgets,
+        startup_seconds=startup,
+        startup_evaluation=startup_eval,
+        startup_summaries=startup_sum,
+    )
+
+
+def report_latency(figures: LatencyFigures) -> None:
+    latencies = [c.latency for c in figures.crossings]
+    to_created = [c.to_created for c in figures.crossings]
+    to_seen = [c.created_to_seen for c in figures.crossings]
+    posts = [c.post_seconds for c in figures.crossings]
+    p = figures.p
+    say(
+        f"latency: {len(figures.crossings)} alerts seen ({figures.missed} missed); ack -> alert seen p50 "
+        f"{p(latencies, 0.5):.3f}s, p95 {p(latencies, 0.95):.3f}s, max {max(latencies, default=0):.3f}s"
+    )
+    say(
+        f"latency: ack -> alert created_at (pass start) p50 {p(to_created, 0.5):.3f}s, p95 {p(to_created, 0.95):.3f}s; "
+        f"created_at -> seen p50 {p(to_seen, 0.5):.3f}s, p95 {p(to_seen, 0.95):.3f}s"
+    )
+    say(
+        f"latency: {figures.passes} triggered passes during the crossings, mean {figures.pass_seconds:.3f}s each "
+        f"over {figures.budgets:,} budgets; expected ~ trigger delay {figures.delay_ms / 1000:.3f}s + one pass "
+        f"{figures.pass_seconds:.3f}s + half a poll {POLL_S / 2:.3f}s = "
+        f"{figures.delay_ms / 1000 + figures.pass_seconds + POLL_S / 2:.3f}s"
+    )
+    say(f"latency: POST /usage-events p50 {p(posts, 0.5) * 1000:.1f} ms (ack includes the group-commit write)")
+
+
+# -- report ----------------------------------------------------------------------------
+
+
+def verdict(ok: bool) -> str:
+    return "meets target" if ok else "below target"
+
+
+def summary_table(
+    args: argparse.Namespace,
+    events: int,
+    load_seconds: float,
+    mix: BudgetMix,
+    passes: list[PassFigures],
+    steps: Steps,
+    found: list[Check],
+    latency: LatencyFigures | None,
+) -> str:
+    rows: list[tuple[str, str, str, str]] = [
+        ("load: generate + INSERT", f"{events / load_seconds:,.0f} ev/s", f"{events:,} events", ""),
+        (
+            "budgets",
+            f"{len(mix.budgets):,}",
+            ", ".join(f"{kind} {n:,}" for kind, n in sorted(mix.count().items(), key=lambda i: -i[1])),
+            "",
+        ),
+    ]
+    first, steady = passes[0], passes[1:]
+    rows.append(
+        (
+            "full pass 1 (fires alerts)",
+            f"{first.run.seconds:.3f} s",
+            f"<= {PASS_TARGET_S:.0f} s; {first.run.queries} queries, fired {first.run.fired:,}",
+            verdict(first.run.seconds <= PASS_TARGET_S),
+        )
+    )
+    if steady:
+        worst = max(p.run.seconds for p in steady)
+        rows.append(
+            (
+                f"full pass 2..{len(passes)} (steady)",
+                f"max {worst:.3f} s",
+                f"<= {PASS_TARGET_S:.0f} s; min {min(p.run.seconds for p in steady):.3f} s",
+                verdict(worst <= PASS_TARGET_S),
+            )
+        )
+    last = passes[-1]
+    measures = last.measures
+    rows += [
+        ("  budgets read (SQL + rows)", f"{steps.read_sql + steps.read_convert:.3f} s", "instrumented pass", ""),
+        (
+            "  measure queries",
+            f"{steps.measure_total:.3f} s",
+            f"{len(measures)} queries; slowest {max((c.seconds for c in measures), default=0):.3f} s",
+            "",
+        ),
+        ("  evaluate() Python", f"{steps.evaluate_python:.3f} s", f"{steps.evaluations:,} evaluations", ""),
+        ("  crossings + alert rows", f"{steps.crossing:.3f} s", f"{steps.crossings:,} crossing", ""),
+        ("  existing alerts read", f"{steps.existing_read:.3f} s", f"{steps.existing:,} rows", ""),
+        ("  alert write (pass 1)", f"{first.seconds_of('alerts.write'):.3f} s", f"{first.run.fired:,} rows", ""),
+    ]
+    for check in found:
+        rows.append((f"check: {check.name}", "ok" if check.ok else "WRONG", check.detail[:90], ""))
+    if latency is not None and latency.crossings:
+        values = [c.latency for c in latency.crossings]
+        rows.append(
+            (
+                "ingest -> alert seen",
+                f"p50 {latency.p(values, 0.5):.3f} s / p95 {latency.p(values, 0.95):.3f} s",
+                f"p95 <= {LATENCY_P95_TARGET_S:.0f} s; {len(values)} crossings, {latency.missed} missed",
+                verdict(latency.p(values, 0.95) <= LATENCY_P95_TARGET_S),
+            )
+        )
+        created = [c.to_created for c in latency.crossings]
+        rows.append(
+            (
+                "ingest -> alert created_at",
+                f"p50 {latency.p(created, 0.5):.3f} s / p95 {latency.p(created, 0.95):.3f} s",
+                f"trigger delay {latency.delay_ms} ms + waiting for a running pass",
+                "",
+            )
+        )
+        rows.append(
+            (
+                "triggered pass (app)",
+                f"{latency.pass_seconds:.3f} s mean",
+                f"{latency.passes} passes over {latency.budgets:,} budgets",
+                "",
+            )
+        )
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
+    rows.append(("peak memory (this process)", f"{peak:.2f} GiB", "", ""))
+    headers = ("figure", "value", "target / detail", "verdict")
+    widths = [max(len(r[i]) for r in (headers, *rows)) for i in range(4)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
+    lines.append("  ".join("-" * w for w in widths))
+    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows]
+    lines.append("")
+    lines.append(
+        f"{os.cpu_count() or 0} CPU cores; chDB embedded in this process; {events:,} events over {args.days} days, "
+        f"{len(TENANTS)} tenants, {args.learners:,} learners; passes are evaluate_budgets(db) calls, the latency "
+        "phase the real app through Litestar's TestClient"
+    )
+    return "\n".join(lines)
+
+
+# -- entry point -----------------------------------------------------------------------
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--events", type=int, default=10_000_000, help="synthetic events to load")
+    parser.add_argument("--budgets", type=int, default=10_000, help=f"budgets to create (>= {FIXED_MIN})")
+    parser.add_argument("--learners", type=int, default=100_000, help="distinct learners over all tenants")
+    parser.add_argument("--crossings", type=int, default=100, help="ingest-to-alert crossings (0 skips the phase)")
+    parser.add_argument("--passes", type=int, default=5, help="timed evaluate_budgets passes")
+    parser.add_argument("--days", type=int, default=90, help="days the events span, ending now")
+    parser.add_argument("--chunk", type=int, default=500_000, help="rows per INSERT while loading")
+    parser.add_argument("--templates", type=int, default=50_000, help="distinct priced event templates")
+    parser.add_argument("--seed", type=int, default=11, help="random seed")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary chDB directory")
+    args = parser.parse_args(argv)
+    if (
+        args.events < 1
+        or args.budgets < FIXED_MIN
+        or args.learners < len(TENANTS)
+        or args.crossings < 0
+        or args.passes < 1
+        or args.days < 31
+    ):
+        parser.error(
+            f"need --events >= 1, --budgets >= {FIXED_MIN}, --learners >= 6, --crossings >= 0, --passes >= 1, "
+            "--days >= 31"
+        )
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    workdir = Path(tempfile.mkdtemp(prefix="finops-bench-budgets-"))
+    db = RecordingClickHouse(f"chdb://{workdir / 'ch'}", DATABASE)
+    say(f"finops-svc budget benchmark; scratch dir {workdir}")
+    latency: LatencyFigures | None = None
+    try:
+        say("migrate: applying migrations to a fresh database")
+        say(f"migrate: {len(migrate(db))} migrations applied")
+        now = now_ms()
+        figures = load(db, args, now)
+        learners = learner_ids(args.learners)
+
+        mix = budget_mix(args.budgets, learners, now_ms(), args.seed)
+        say(
+            f"budgets: {len(mix.budgets):,} = "
+            + ", ".join(f"{kind} {n:,}" for kind, n in sorted(mix.count().items(), key=lambda i: -i[1]))
+        )
+        calibrated, seconds, queries = calibrate(db, mix, now_ms(), args.seed)
+        mix.budgets = calibrated
+        say(f"budgets: limits calibrated from one untimed evaluate() ({queries} queries, {seconds:.2f}s)")
+        say(f"budgets: one INSERT of {len(mix.budgets):,} budget_rows in {write_budgets(db, mix.budgets):.2f}s")
+
+        say(f"passes: evaluate_budgets(db) x {args.passes}")
+        passes = timed_passes(db, args.passes)
+        steps = instrumented_pass(db)
+        report_steps(steps)
+        found = checks(db, steps, mix, args.seed)
+        for check in found:
+            say(f"check {check.name}: {'ok' if check.ok else 'WRONG'}: {check.detail}")
+
+        if args.crossings:
+            crossing = crossing_budgets(db, args.crossings, now_ms(), args.seed)
+            say(f"latency: {len(crossing)} budgets of 1 USD (tenant + own service, 100 % actual) added")
+            latency = latency_phase(workdir, crossing, len(mix.budgets) + len(crossing))
+            report_latency(latency)
+    except (RuntimeError, OSError, DomainError) as exc:
+        say(f"FAILED: {exc}")
+        return 1
+    finally:
+        db.close()
+        if args.keep:
+            say(f"kept {workdir}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+    print()
+    print(summary_table(args, figures.events, figures.seconds, mix, passes, steps, found, latency), flush=True)
+    say(f"done in {time.perf_counter() - _started:.0f}s")
+    wrong = [c.name for c in found if not c.ok]
+    if wrong:
+        say(f"wrong evaluation answers: {', '.join(wrong)}")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:
+        sys.exit(130)
