@@ -19,19 +19,9 @@ class CostTotals(msgspec.Struct):
     images: int
 
 
-class CostRow(msgspec.Struct, omit_defaults=True):
+class CostRow(CostTotals, omit_defaults=True):
     """One group (and bucket): only the dimensions asked for appear."""
 
-    cost_usd: str
-    events: int
-    unpriced_events: int
-    input_tokens: int
-    output_tokens: int
-    cached_input_tokens: int
-    cache_write_tokens: int
-    input_characters: int
-    output_characters: int
-    images: int
     bucket: str | UnsetType = UNSET
     tenant_id: str | UnsetType | None = UNSET
     service: str | UnsetType | None = UNSET
