@@ -40,7 +40,7 @@ from service.openapi import component_schemas
 from service.pricing.calculator import PriceBook
 from service.pricing.catalog import read_prices, sync_bundled_catalog
 from service.queue import ArqJobs, Jobs
-from service.settings import Settings, get_settings
+from service.settings import Settings, SettingsError, get_settings
 from service.storage.clickhouse import ClickHouse
 from service.storage.migrations import migrate, pending
 from service.usage.claims import SharedClaims
@@ -141,6 +141,10 @@ def create_app(
     """The API, ready to serve. Opens ClickHouse (unless given an open `db`, which it then
     owns) and starts the ingest flusher on start-up."""
     settings = settings or get_settings()
+    if settings.ingest.buffer_max_rows < settings.ingest.max_batch_events:
+        raise SettingsError(
+            "INGEST_BUFFER_MAX_ROWS must be at least INGEST_MAX_BATCH_EVENTS, or large batches never fit"
+        )
     verifier = TokenVerifier(settings.auth.jwt_secret, settings.auth.jwt_algorithm)
 
     # Filled at start-up; the providers close over it (cheaper per request than

@@ -14,6 +14,9 @@ from typing import Any, Protocol, runtime_checkable
 
 from arq import create_pool
 from arq.connections import ArqRedis, RedisSettings
+from redis.exceptions import RedisError
+
+from service.errors import StorageUnavailable
 
 log = logging.getLogger("finops.jobs")
 
@@ -53,9 +56,16 @@ class ArqJobs:
 
     async def run(self, name: str) -> Any:
         assert self.pool is not None, "connect() first"
-        job = await self.pool.enqueue_job(name, _job_id=f"{name}:now:{uuid.uuid4().hex}")
-        assert job is not None
-        return await job.result(timeout=self.result_timeout_s, poll_delay=0.05)
+        try:
+            job = await self.pool.enqueue_job(name, _job_id=f"{name}:now:{uuid.uuid4().hex}")
+            assert job is not None
+            return await job.result(timeout=self.result_timeout_s, poll_delay=0.05)
+        except TimeoutError as exc:
+            raise StorageUnavailable(f"no worker finished {name} within {self.result_timeout_s:.0f} s") from exc
+        except RedisError as exc:
+            raise StorageUnavailable(f"Redis refused the job: {exc}") from exc
+        except Exception as exc:  # the job itself failed on the worker
+            raise StorageUnavailable(f"{name} failed on the worker: {exc}") from exc
 
     def trigger(self, name: str, delay_s: float) -> None:
         """One job per `delay_s` slot: its id makes repeats within the slot harmless."""

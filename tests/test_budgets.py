@@ -159,6 +159,11 @@ def test_budget_list_pages(client: Client, auth: Auth) -> None:
         ({"limit_usd": "0"}, "limit_usd"),
         ({"limit_usd": "-5"}, "limit_usd"),
         ({"limit_usd": "ten"}, "limit_usd"),
+        ({"limit_usd": "0.001"}, "limit_usd"),
+        (
+            {"period": "custom", "period_start": "0001-01-01T00:00:00Z", "period_end": "2026-04-01T00:00:00Z"},
+            "period_start",
+        ),
         ({"timezone": "Atlantis/Capital"}, "timezone"),
         ({"period": "custom"}, "period_start"),
         (
@@ -337,3 +342,54 @@ def test_evaluate_now_is_for_admins(client: Client, auth: Auth) -> None:
     run = client.post("/budgets/evaluate", headers=auth("admin"))
     assert run.status_code == 200
     assert (run.json()["budgets"], run.json()["queries"], run.json()["fired"]) == (1, 1, 0)
+
+
+def test_per_learner_and_single_learner_budgets_do_not_share_a_measurement(
+    client: Client, auth: Auth, db: ClickHouse
+) -> None:
+    create(client, auth, per_learner=True, limit_usd="10", thresholds=[{"percent": 100}], name="each learner")
+    create(client, auth, scope={"tenant_id": "school-a", "learner_id": "learner-1"}, limit_usd="1000", name="one")
+    record(
+        client,
+        auth,
+        usage("2026-04-02T10:00:00Z", "50", learner_id="learner-2"),
+        usage("2026-04-02T10:00:00Z", "60", learner_id="learner-3"),
+    )
+    evaluate_budgets(db, now=APRIL_11)
+    assert [(r[1], r[4]) for r in alerts(db)] == [("learner-2", "active"), ("learner-3", "active")]
+
+
+def test_a_global_per_learner_budget_keeps_tenants_apart(client: Client, auth: Auth, db: ClickHouse) -> None:
+    create(client, auth, scope={}, per_learner=True, limit_usd="10", thresholds=[{"percent": 100}])
+    record(
+        client,
+        auth,
+        usage("2026-04-02T10:00:00Z", "6", learner_id="learner-1"),
+        usage("2026-04-02T10:00:00Z", "6", tenant_id="school-b", learner_id="learner-1"),
+        usage("2026-04-02T10:00:00Z", "11", tenant_id="school-b", learner_id="learner-2"),
+    )
+    evaluate_budgets(db, now=APRIL_11)
+    rows = db.query("SELECT tenant_id, learner_id, spend_usd FROM budget_alerts FINAL", label="test.global_learners")
+    assert rows == [("school-b", "learner-2", Decimal("11"))]
+    assert [a["tenant_id"] for a in client.get("/alerts", headers=auth("user", "school-b")).json()["items"]] == [
+        "school-b"
+    ]
+
+
+def test_forecasts_wait_until_a_period_has_some_history(client: Client, auth: Auth, db: ClickHouse) -> None:
+    create(client, auth, period="daily", limit_usd="10", thresholds=[{"percent": 100, "kind": "forecast"}])
+    record(client, auth, usage("2026-04-10T00:05:00Z", "1"))
+    evaluate_budgets(db, now=datetime(2026, 4, 10, 0, 10, tzinfo=UTC))  # 10 minutes in: a burst, not a trend
+    assert alerts(db) == []
+    evaluate_budgets(db, now=datetime(2026, 4, 10, 3, tzinfo=UTC))  # 3 hours in: 1 USD / 3 h runs to 8 USD
+    assert alerts(db) == []
+    record(client, auth, usage("2026-04-10T05:00:00Z", "3"))
+    evaluate_budgets(db, now=datetime(2026, 4, 10, 6, tzinfo=UTC))  # 4 USD in 6 h runs to 16 USD
+    assert [(r[2], r[3]) for r in alerts(db)] == [(100, "forecast")]
+
+
+def test_a_malformed_alert_cursor_is_422(client: Client, auth: Auth) -> None:
+    for cursor in ("aGVsbG8", "bm90YWRhdGV8eA"):
+        response = client.get("/alerts", params={"cursor": cursor}, headers=auth("admin"))
+        assert response.status_code == 422
+        assert response.json()["errors"][0]["field"] == "cursor"

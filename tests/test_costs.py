@@ -425,3 +425,9 @@ def test_csv_export_streams_many_rows_and_matches_the_total(client: Client, auth
     assert len(rows) == 12000
     assert rows[0]["learner_id"] == "learner-12000"  # most expensive first
     assert sum(Decimal(r["cost_usd"]) for r in rows) == raw_total(db, "2026-06-01T00:00:00Z", "2026-06-02T00:00:00Z")
+
+
+def test_an_admin_token_naming_a_tenant_still_names_the_tenant_for_by_learner(client: Client, auth: Auth) -> None:
+    response = client.get("/costs/by-learner", params=APRIL, headers=auth("admin", "school-a"))
+    assert response.status_code == 422
+    assert response.json()["errors"][0]["field"] == "tenant_id"

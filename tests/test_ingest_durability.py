@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import Callable
 from typing import Any
 
+import pytest
 from litestar.testing import AsyncTestClient, TestClient
 
 from service.app import create_app
@@ -63,19 +64,39 @@ def test_a_failed_write_answers_503_and_claims_no_key(settings: Settings, auth: 
         assert all_ids(client, auth) == ["retry-me"]
 
 
-def test_a_full_buffer_answers_503_with_retry_after(chdb_url: str, auth: Auth) -> None:
+def test_a_full_buffer_refuses_with_retry_after_and_stores_nothing_of_it(db: ClickHouse) -> None:
+    from service.errors import Overloaded, error_body, error_headers
+    from service.settings import IngestSettings
+    from service.usage.ingest import GroupCommitBuffer
+    from tests.test_replicas import event as stored_event
+
+    async def run() -> Overloaded:
+        # the idle flusher lingers 50 ms, so the first batch is still buffered when the second comes
+        buffer = GroupCommitBuffer(db, IngestSettings(buffer_max_rows=5, max_batch_events=5, flush_interval_ms=50))
+        buffer.start()
+        try:
+            first = asyncio.ensure_future(buffer.submit([stored_event(f"a{i}", "1") for i in range(3)]))
+            await asyncio.sleep(0)
+            with pytest.raises(Overloaded) as refused:
+                await buffer.submit([stored_event(f"b{i}", "1") for i in range(3)])
+            await first
+        finally:
+            await buffer.stop()
+        return refused.value
+
+    refused = asyncio.run(run())
+    assert error_headers(refused) == {"Retry-After": "1"}
+    assert error_body(refused.status_code, refused.detail)["status_code"] == 503
+    stored = db.query("SELECT event_id FROM usage_events ORDER BY event_id", label="test.stored")
+    assert [row[0] for row in stored] == ["a0", "a1", "a2"]
+
+
+def test_a_buffer_smaller_than_a_batch_is_refused_at_start(chdb_url: str) -> None:
+    from service.settings import SettingsError
     from tests.conftest import fresh_database_name
 
-    settings = make_settings(chdb_url, fresh_database_name(), buffer_max_rows=5)
-    with TestClient(app=create_app(settings)) as client:
-        response = client.post(
-            "/usage-events/batch", json={"events": [event() for _ in range(6)]}, headers=auth("service")
-        )
-        assert response.status_code == 503
-        assert response.headers["retry-after"] == "1"
-        assert all_ids(client, auth) == []
-        ok = client.post("/usage-events/batch", json={"events": [event() for _ in range(5)]}, headers=auth("service"))
-        assert ok.status_code == 201
+    with pytest.raises(SettingsError, match="INGEST_BUFFER_MAX_ROWS"):
+        create_app(make_settings(chdb_url, fresh_database_name(), buffer_max_rows=5))
 
 
 def test_concurrent_repeats_of_one_event_store_it_once(settings: Settings, auth: Auth) -> None:

@@ -146,6 +146,8 @@ def test_oversized_batch_is_refused(client: Client, auth: Auth) -> None:
         (event(event_id="x" * 129), 422, "event_id"),
         (event(timestamp="yesterday"), 422, "timestamp"),
         (event(timestamp="2026-01-01T00:00:00"), 422, "timestamp"),
+        (event(timestamp="1999-12-31T23:59:59Z"), 422, "timestamp"),
+        (event(model="gpt-4-32k", input_tokens=10_000_000_000, output_tokens=10_000_000_000), 422, "input_tokens"),
         (event(cost_usd="-1"), 422, "cost_usd"),
         (event(cost_usd="abc"), 422, "cost_usd"),
         (event(cost_usd="0.0000000000001"), 422, "cost_usd"),
@@ -275,8 +277,11 @@ def test_user_sees_only_its_tenant(client: Client, auth: Auth) -> None:
     assert client.get("/usage-events/nope", headers=auth("admin")).status_code == 404
 
 
-def test_bad_cursor_and_limit_are_422(client: Client, auth: Auth) -> None:
+def test_bad_cursor_limit_and_zone_less_times_are_422(client: Client, auth: Auth) -> None:
     assert client.get("/usage-events", params={"cursor": "%%%"}, headers=auth("admin")).status_code == 422
+    naive = client.get("/usage-events", params={"start": "2026-01-01T00:00:00"}, headers=auth("admin"))
+    assert naive.status_code == 422
+    assert naive.json()["errors"][0]["field"] == "start"
     for limit in ("0", "1001", "many"):
         response = client.get("/usage-events", params={"limit": limit}, headers=auth("admin"))
         assert response.status_code == 422

@@ -21,6 +21,7 @@ limit is a new limit, so its thresholds fire anew.
 from __future__ import annotations
 
 import hashlib
+import logging
 import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
@@ -36,7 +37,10 @@ from service.budgets.store import ALERT_COLUMNS, BudgetStore
 from service.costs.periods import Period, next_period, period_start
 from service.costs.plan import plan
 from service.costs.query import CostFilter, union_sql
+from service.errors import StorageUnavailable
 from service.storage.clickhouse import ClickHouse
+
+log = logging.getLogger("finops.budgets")
 
 RECENT = timedelta(days=3)
 TWELVE = Decimal("0.000000000001")
@@ -69,15 +73,32 @@ def budget_window(budget: Budget, now: datetime) -> Window | None:
     return Window(start, next_period(start, PERIODS[budget.period], zone))
 
 
+def per_learner(budget: Budget) -> bool:
+    return budget.per_learner and not budget.scope.learner_id
+
+
 def group_columns(budget: Budget) -> tuple[str, ...]:
-    columns = [c for c in ("tenant_id", "service", "learner_id") if getattr(budget.scope, c)]
-    if budget.per_learner and "learner_id" not in columns:
-        columns.append("learner_id")
-    return tuple(columns)
+    """The rollup columns a budget's spend is grouped by. A per-learner budget also
+    groups by tenant: the same learner id in two tenants is two learners."""
+    if per_learner(budget):
+        return ("tenant_id", *(["service"] if budget.scope.service else []), "learner_id")
+    return tuple(c for c in ("tenant_id", "service", "learner_id") if getattr(budget.scope, c))
 
 
 def scope_key(budget: Budget) -> tuple[str, ...]:
     return tuple(getattr(budget.scope, c) for c in ("tenant_id", "service", "learner_id") if getattr(budget.scope, c))
+
+
+def recent_start(window: Window, now: datetime) -> datetime:
+    """Start of the forecast's recent window: three days back, floored to a UTC day
+    (the daily rollups' grain), never before the period."""
+    back = now - RECENT
+    return max(window.start, datetime(back.year, back.month, back.day, tzinfo=UTC))
+
+
+def forecast_ready(window: Window, now: datetime) -> bool:
+    """Too early in a period a forecast extrapolates a burst: wait for a day or a tenth of the period."""
+    return now - window.start >= min(timedelta(days=1), (window.end - window.start) / 10)
 
 
 @dataclass
@@ -98,17 +119,19 @@ def forecast(spend: Spend, window: Window, now: datetime) -> Decimal:
     remaining = Decimal(max((window.end - now).total_seconds(), 0))
     if elapsed <= 0:
         return spend.total
-    recent_start = max(window.start, now - RECENT)
-    recent_span = Decimal((now - recent_start).total_seconds())
+    recent_span = Decimal((now - recent_start(window, now)).total_seconds())
     period_rate = spend.total / elapsed
     recent_rate = spend.recent / recent_span if recent_span > 0 else period_rate
     return (spend.total + (period_rate + recent_rate) / 2 * remaining).quantize(TWELVE, rounding=ROUND_HALF_EVEN)
 
 
+MAX_PERCENT = Decimal("99999999999999.9999")  # what Decimal(18, 4) holds
+
+
 def percent_of(amount: Decimal, limit: Decimal) -> Decimal:
     if limit <= 0:
         return Decimal(0)
-    return (amount / limit * 100).quantize(FOUR, rounding=ROUND_HALF_EVEN)
+    return min((amount / limit * 100).quantize(FOUR, rounding=ROUND_HALF_EVEN), MAX_PERCENT)
 
 
 def alert_id(budget: Budget, window: Window, percent: int, kind: str, learner: str) -> str:
@@ -130,7 +153,7 @@ def measure_group(
     segments = plan(filters.start, filters.end, "none", "UTC")
     if not segments:
         return Measured()
-    params: dict[str, Any] = {"recent": max(window.start, now - RECENT)}
+    params: dict[str, Any] = {"recent": recent_start(window, now)}
     select = ", ".join([*columns, "sum(cost_usd)", "sumIf(cost_usd, t >= {recent:DateTime64(3, 'UTC')})"])
     sql = f"SELECT {select} FROM ({union_sql(segments, columns, filters, params)})"
     if columns:
@@ -151,6 +174,8 @@ class Evaluation:
     learner: str
     spend: Decimal
     forecast: Decimal
+    tenant: str = ""
+    forecast_ready: bool = True
 
     @property
     def limit(self) -> Decimal:
@@ -159,36 +184,61 @@ class Evaluation:
     def crossed(self) -> list[tuple[int, str]]:
         out: list[tuple[int, str]] = []
         for threshold in self.budget.thresholds:
+            if threshold.kind == "forecast" and not self.forecast_ready:
+                continue
             amount = self.spend if threshold.kind == "actual" else self.forecast
             if amount * 100 >= self.limit * threshold.percent:
                 out.append((threshold.percent, threshold.kind))
         return out
 
 
-def evaluate(db: ClickHouse, budgets: Sequence[Budget], now: datetime) -> tuple[list[Evaluation], int]:
-    """Spend and forecast for each enabled budget in force at `now`; returns (evaluations, queries run)."""
-    groups: dict[tuple[tuple[str, ...], Window], list[Budget]] = defaultdict(list)
+def evaluate(db: ClickHouse, budgets: Sequence[Budget], now: datetime) -> tuple[list[Evaluation], int, set[str]]:
+    """Spend and forecast for each enabled budget in force at `now`.
+
+    Returns (evaluations, queries run, ids of budgets whose group failed). A
+    group that fails (ClickHouse refused it) is logged and skipped; the others
+    are still evaluated.
+    """
+    groups: dict[tuple[tuple[str, ...], bool, Window], list[Budget]] = defaultdict(list)
     for budget in budgets:
         if not budget.enabled:
             continue
         window = budget_window(budget, now)
         if window is not None:
-            groups[(group_columns(budget), window)].append(budget)
+            groups[(group_columns(budget), per_learner(budget), window)].append(budget)
     evaluations: list[Evaluation] = []
-    for (columns, window), members in groups.items():
-        measured = measure_group(db, columns, window, members, now)
+    failed: set[str] = set()
+    for (columns, learners, window), members in groups.items():
+        try:
+            measured = measure_group(db, columns, window, members, now)
+        except StorageUnavailable:
+            log.exception("budget evaluation failed for %d budgets; the others go on", len(members))
+            failed.update(b.budget_id for b in members)
+            continue
+        ready = forecast_ready(window, now)
         for budget in members:
-            key = scope_key(budget)
-            if budget.per_learner and not budget.scope.learner_id:
+            if learners:
+                wanted = {c: getattr(budget.scope, c) for c in ("tenant_id", "service") if getattr(budget.scope, c)}
                 for row_key, spend in measured.rows.items():
-                    if row_key[:-1] == key and row_key[-1]:
+                    row = dict(zip(columns, row_key, strict=True))
+                    if row["learner_id"] and all(row[c] == v for c, v in wanted.items()):
                         evaluations.append(
-                            Evaluation(budget, window, row_key[-1], spend.total, forecast(spend, window, now))
+                            Evaluation(
+                                budget,
+                                window,
+                                row["learner_id"],
+                                spend.total,
+                                forecast(spend, window, now),
+                                tenant=row["tenant_id"],
+                                forecast_ready=ready,
+                            )
                         )
             else:
-                spend = measured.rows.get(key, Spend())
-                evaluations.append(Evaluation(budget, window, "", spend.total, forecast(spend, window, now)))
-    return evaluations, len(groups)
+                spend = measured.rows.get(scope_key(budget), Spend())
+                evaluations.append(
+                    Evaluation(budget, window, "", spend.total, forecast(spend, window, now), forecast_ready=ready)
+                )
+    return evaluations, len(groups), failed
 
 
 def alert_row(evaluation: Evaluation, percent: int, kind: str, now: datetime, state: str = "active") -> list[Any]:
@@ -197,7 +247,7 @@ def alert_row(evaluation: Evaluation, percent: int, kind: str, now: datetime, st
         alert_id(budget, evaluation.window, percent, kind, evaluation.learner),
         budget.budget_id,
         budget.name,
-        budget.scope.tenant_id or "",
+        evaluation.tenant or budget.scope.tenant_id or "",
         budget.scope.service or "",
         evaluation.learner or budget.scope.learner_id or "",
         evaluation.window.start,
@@ -226,7 +276,7 @@ def evaluate_budgets(
     budgets = store.find(tenant_visible=None, filters={})
     if on_loaded is not None:
         on_loaded(budgets)
-    evaluations, queries = evaluate(db, budgets, now)
+    evaluations, queries, failed = evaluate(db, budgets, now)
     crossing: dict[str, list[Any]] = {}
     for evaluation in evaluations:
         for percent, kind in evaluation.crossed():
@@ -241,6 +291,8 @@ def evaluate_budgets(
     index = {name: i for i, name in enumerate(ALERT_COLUMNS)}
     resolved = 0
     for key, stored in existing.items():
+        if stored["budget_id"] in failed:
+            continue  # not evaluated this pass: leave its alerts as they are
         wanted = "active" if key in crossing else "resolved"
         if stored["state"] != wanted:
             updated = [stored[name] for name in ALERT_COLUMNS]

@@ -32,10 +32,13 @@ from service.budgets.schemas import (
     Scope,
 )
 from service.budgets.store import BudgetStore, alert_from_row, decode_cursor, encode_cursor
-from service.errors import Forbidden, InvalidInput, NotFound
+from service.errors import Forbidden, InvalidInput, NotFound, StorageUnavailable
 from service.money import money_str, parse_money
 
 TOP_LEARNERS = 10
+MIN_LIMIT = Decimal("0.01")
+EARLIEST = datetime(2000, 1, 1, tzinfo=UTC)
+LATEST = datetime(2100, 1, 1, tzinfo=UTC)
 
 
 def problem(field: str, reason: str) -> InvalidInput:
@@ -48,8 +51,8 @@ def check_budget(data: BudgetIn) -> None:
         limit = parse_money(data.limit_usd)
     except ValueError as exc:
         raise problem("limit_usd", str(exc)) from exc
-    if limit <= 0:
-        raise problem("limit_usd", "must be greater than 0")
+    if limit < MIN_LIMIT:
+        raise problem("limit_usd", f"must be at least {MIN_LIMIT}")
     try:
         ZoneInfo(data.timezone)
     except (ZoneInfoNotFoundError, ValueError) as exc:
@@ -59,6 +62,9 @@ def check_budget(data: BudgetIn) -> None:
             raise problem("period_start", "a custom period needs period_start and period_end")
         if data.period_start >= data.period_end:
             raise problem("period_end", "must be after period_start")
+        for name, value in (("period_start", data.period_start), ("period_end", data.period_end)):
+            if not EARLIEST <= value <= LATEST:
+                raise problem(name, f"must be between {EARLIEST:%Y-%m-%d} and {LATEST:%Y-%m-%d}")
     elif data.period_start is not None or data.period_end is not None:
         raise problem("period_start", "only a custom period takes period_start and period_end")
     if data.per_learner and data.scope and data.scope.learner_id:
@@ -208,7 +214,9 @@ class BudgetService:
             window = budget_window(budget, now)
             if window is None:
                 raise problem("period", "this custom budget's period is not in force now")
-            evaluations, _ = evaluate(self.store.db, [_copy(budget, enabled=True)], now)
+            evaluations, _, failed = evaluate(self.store.db, [_copy(budget, enabled=True)], now)
+            if failed:
+                raise StorageUnavailable("could not measure this budget's spend; retry shortly")
             limit = Decimal(budget.limit_usd)
             per_learner = budget.per_learner and not budget.scope.learner_id
             if per_learner:
@@ -277,9 +285,12 @@ class BudgetService:
             where.append("created_at < {end:DateTime64(3, 'UTC')}")
             params["end"] = filters["end"]
         if cursor:
-            stamp, identifier = decode_cursor(cursor).split("|", 1)
+            try:
+                stamp, identifier = decode_cursor(cursor).split("|", 1)
+                params["c_time"] = datetime.fromisoformat(stamp)
+            except ValueError as exc:
+                raise problem("cursor", "malformed") from exc
             where.append("(created_at, alert_id) < ({c_time:DateTime64(3, 'UTC')}, {c_id:String})")
-            params["c_time"] = datetime.fromisoformat(stamp)
             params["c_id"] = identifier
         params["limit"] = limit + 1
         rows = await anyio.to_thread.run_sync(

@@ -16,7 +16,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import anyio.to_thread
 import msgspec
 
-from service.auth.principal import Principal
+from service.auth.principal import Principal, Role
 from service.costs.periods import Period, next_period, period_start, previous_period
 from service.costs.plan import UTC_NAMES, Granularity
 from service.costs.query import COUNTS, DIMENSIONS, ORDERS, CostFilter, CostQueries, CostRow, Totals
@@ -138,7 +138,7 @@ class CostService:
     ) -> CostFilter:
         """The filter with the caller's tenant scope applied (403 for another tenant)."""
         tenants = values.get("tenant_id") or []
-        if principal.role.value != "admin":
+        if principal.role is not Role.ADMIN:
             for tenant in tenants:
                 principal.read_scope(tenant)
         scope = principal.read_scope(tenants[0] if len(tenants) == 1 else None)
@@ -233,7 +233,7 @@ class CostService:
         search: str | None,
     ) -> LearnerBreakdown:
         tenants = values.get("tenant_id") or []
-        if principal.tenant_id is None and len(tenants) != 1:
+        if principal.role is Role.ADMIN and len(tenants) != 1:
             raise problem("tenant_id", "name exactly one tenant")
         filters = self.cost_filter(principal, start, end, values)
         tenant = filters.scope.tenant_id or tenants[0]

@@ -12,13 +12,17 @@ if a replica dies mid-write), so a failed write never leaves a key taken.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 import uuid
 from collections.abc import Sequence
 
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
-from service.errors import Overloaded
+from service.errors import Overloaded, StorageUnavailable
+
+log = logging.getLogger("finops.ingest")
 
 # Delete a claim only if it is still ours (it may have expired and been taken).
 _RELEASE = """
@@ -53,7 +57,11 @@ class SharedClaims:
             pipe = self.redis.pipeline(transaction=False)
             for name in waiting:
                 pipe.set(name, token, nx=True, px=self.ttl_ms)
-            results = await pipe.execute()
+            try:
+                results = await pipe.execute()
+            except RedisError as exc:
+                await self.release(token, held)
+                raise StorageUnavailable(f"Redis refused the idempotency claims: {exc}") from exc
             held += [name for name, ok in zip(waiting, results, strict=True) if ok]
             waiting = [name for name, ok in zip(waiting, results, strict=True) if not ok]
             if waiting:
@@ -64,5 +72,9 @@ class SharedClaims:
         return token, held
 
     async def release(self, token: str, names: Sequence[str]) -> None:
-        if names:
+        if not names:
+            return
+        try:
             await self.redis.eval(_RELEASE, len(names), *names, token)  # type: ignore[misc]
+        except RedisError:  # the claims expire on their own
+            log.warning("could not release %d idempotency claims; they expire in %d ms", len(names), self.ttl_ms)

@@ -34,7 +34,7 @@ from service.metrics import (
     INGEST_REJECTED,
     UNPRICED_EVENTS,
 )
-from service.money import money_str, parse_money
+from service.money import MAX_EVENT_COST, money_str, parse_money
 from service.pricing.calculator import PriceBook
 from service.settings import IngestSettings
 from service.storage.clickhouse import ClickHouse
@@ -48,6 +48,7 @@ from service.usage.schemas import (
 )
 
 MAX_FUTURE_SKEW = timedelta(minutes=5)
+EARLIEST_EVENT = datetime(2000, 1, 1, tzinfo=UTC)  # the rollups' DateTime columns start in 1970
 _MSGSPEC_PATH = re.compile(r"^(?P<reason>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.DOTALL)
 
 EVENT_COLUMNS: tuple[str, ...] = (
@@ -159,6 +160,8 @@ class Ingestor:
         timestamp = _to_millis(item.timestamp.astimezone(UTC) if item.timestamp else now)
         if timestamp - now > MAX_FUTURE_SKEW:
             problems.append({"field": "timestamp", "reason": "more than 5 minutes in the future"})
+        elif timestamp < EARLIEST_EVENT:
+            problems.append({"field": "timestamp", "reason": f"before {EARLIEST_EVENT:%Y-%m-%d}"})
         if item.cached_input_tokens + item.cache_write_tokens > item.input_tokens:
             problems.append(
                 {
@@ -174,9 +177,9 @@ class Ingestor:
             except ValueError as exc:
                 problems.append({"field": "cost_usd", "reason": str(exc)})
         if problems:
-            if index is not None:
-                problems = [{"index": index, **p} for p in problems]
-            raise InvalidInput("invalid usage event: " + problems[0]["reason"], errors=problems)
+            raise InvalidInput(
+                "invalid usage event: " + problems[0]["reason"], errors=[_at(p, index) for p in problems]
+            )
 
         cost: Decimal | None = provided
         price_version = None
@@ -184,6 +187,9 @@ class Ingestor:
         if provided is None:
             price = self.pricing.book.price_for(item.provider, item.model, item.region, timestamp)
             if price is not None and (cost := price.cost(item)) is not None:
+                if cost >= MAX_EVENT_COST:
+                    problem = {"field": "input_tokens", "reason": f"the event would cost {cost} USD; at most 999999.99"}
+                    raise InvalidInput("invalid usage event: cost out of range", errors=[_at(problem, index)])
                 status = "priced"
                 price_version = price.version_id
             else:
@@ -379,16 +385,21 @@ class GroupCommitBuffer:
                 written = await self._write_claimed(mine)
             except BaseException as exc:
                 for key in mine:
-                    self._claims.pop(key).set_exception(exc)
+                    claim = self._claims.pop(key)
+                    claim.set_exception(exc)
+                    claim.add_done_callback(_retrieved)  # waiters may be none
                 raise
             for key, stored in written.items():
                 self._claims.pop(key).set_result(stored)
             if self.on_written is not None:
                 self.on_written([event for key, event in mine.items() if written[key] is event])
-            originals = dict(written)
+            originals: dict[Key, UsageEvent | BaseException] = dict(written)
             for key, claim in elsewhere.items():
-                originals[key] = await asyncio.shield(claim)
-        except Exception as exc:  # every waiting request learns its write failed
+                try:
+                    originals[key] = await asyncio.shield(claim)
+                except Exception as exc:  # that key's own write failed elsewhere
+                    originals[key] = exc
+        except Exception as exc:  # this batch's write failed: every request in it learns so
             for pending in batch:
                 if not pending.future.done():
                     pending.future.set_exception(exc)
@@ -397,15 +408,23 @@ class GroupCommitBuffer:
             self._rows -= len(events)
             INGEST_BUFFER_ROWS.set(self._rows)
         for pending in batch:
-            outcomes = []
+            outcomes: list[tuple[UsageEvent, bool]] = []
+            failure: BaseException | None = None
             for event in pending.events:
                 original = originals[(event.tenant_id, event.event_id)]
+                if isinstance(original, BaseException):
+                    failure = original
+                    break
                 outcomes.append((original, original is not event))
+            if pending.future.done():
+                continue
+            if failure is not None:
+                pending.future.set_exception(failure)
+                continue
             duplicates = sum(1 for _, duplicate in outcomes if duplicate)
             if duplicates:
                 INGEST_DUPLICATES.inc(duplicates)
-            if not pending.future.done():
-                pending.future.set_result(outcomes)
+            pending.future.set_result(outcomes)
 
     async def _write_claimed(self, candidates: dict[Key, UsageEvent]) -> dict[Key, UsageEvent]:
         """`_write`, holding the keys' claims shared with other replicas (when configured)."""
@@ -423,6 +442,9 @@ class GroupCommitBuffer:
         started = time.perf_counter()
         stored = find_stored(self.db, list(candidates))
         fresh = [event for key, event in candidates.items() if key not in stored]
+        written_at = _to_millis(datetime.now(UTC))
+        for event in fresh:  # stamped at the write, so freshness checks can trust it
+            event.received_at = written_at
         if fresh:
             self.db.insert(
                 "usage_events",
@@ -444,7 +466,7 @@ class GroupCommitBuffer:
 # Materialized views of one INSERT run side by side rather than one after another,
 # and SummingMergeTree rollups are not folded at insert time (background merges
 # fold them; readers always sum() ... GROUP BY), which roughly doubles INSERT speed.
-INSERT_SETTINGS = {"parallel_view_processing": 1, "optimize_on_insert": 0}
+INSERT_SETTINGS = {"parallel_view_processing": 1, "optimize_on_insert": 0, "max_partitions_per_insert_block": 400}
 
 
 def _columns(events: list[UsageEvent]) -> list[list[Any]]:
@@ -510,6 +532,14 @@ def event_from_row(row: Sequence[Any]) -> UsageEvent:
 
 def _trim(text: str) -> str:
     return money_str(Decimal(text))
+
+
+def _retrieved(future: asyncio.Future[UsageEvent]) -> None:
+    future.exception()
+
+
+def _at(problem: dict[str, Any], index: int | None) -> dict[str, Any]:
+    return problem if index is None else {"index": index, **problem}
 
 
 def _to_millis(value: datetime) -> datetime:

@@ -58,6 +58,13 @@ class UsageRepository:
             if value is not None:
                 where.append(f"{column} = {{{column}:String}}")
                 params[column] = value
+        for name in ("start", "end"):
+            value = getattr(filters, name)
+            if value is not None and value.tzinfo is None:
+                raise InvalidInput(
+                    f"{name}: needs a UTC offset or Z",
+                    errors=[{"field": name, "reason": "needs a UTC offset or Z (RFC 3339)"}],
+                )
         if filters.start is not None:
             where.append("event_time >= {start:DateTime64(3, 'UTC')}")
             params["start"] = filters.start.astimezone(UTC)
