@@ -222,9 +222,11 @@ class BudgetService:
             if per_learner:
                 spend = sum((e.spend for e in evaluations), Decimal(0))
                 projected = sum((e.forecast for e in evaluations), Decimal(0))
+                most = max((e.spend for e in evaluations), default=Decimal(0))
             else:
                 spend = evaluations[0].spend if evaluations else Decimal(0)
                 projected = evaluations[0].forecast if evaluations else Decimal(0)
+                most = spend
             alerts = {
                 row["alert_id"]
                 for row in self.store.alert_rows(
@@ -251,8 +253,9 @@ class BudgetService:
                 period_start=window.start,
                 period_end=window.end,
                 spend_usd=money_str(spend),
-                percent_used=money_str(percent_of(spend, limit)) if not per_learner else "0",
-                remaining_usd=money_str(limit - spend) if not per_learner else money_str(limit),
+                # per learner: the learner closest to (or furthest over) the limit
+                percent_used=money_str(percent_of(most, limit)),
+                remaining_usd=money_str(limit - most),
                 forecast_usd=money_str(projected),
                 thresholds_crossed=sorted(crossed, key=lambda c: (c.kind, c.percent)),
                 top_learners=top,
