@@ -34,6 +34,7 @@ typecheck: install
 bench: install  ## figures and ratios against baselines measured in the same run
 	$(BIN)/python benchmarks/ingest.py
 	$(BIN)/python benchmarks/queries.py
+	$(BIN)/python benchmarks/budgets.py
 
 clean:
 	rm -rf $(VENV) data .pytest_cache .mypy_cache .ruff_cache

@@ -35,6 +35,7 @@ class JobRunner:
         self._jobs: dict[str, ScheduledJob] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._triggered: set[asyncio.Task[None]] = set()
+        self._running: set[asyncio.Future[Any]] = set()
 
     def every(self, name: str, interval_s: float, function: Callable[[], Any]) -> None:
         """Run `function` (blocking; it runs on a worker thread) at start and then every `interval_s`."""
@@ -49,6 +50,9 @@ class JobRunner:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        # a cancelled await leaves its worker thread running: let it finish before
+        # the caller closes what the job uses (the database)
+        await asyncio.gather(*self._running, return_exceptions=True)
         self._tasks = []
         self._triggered.clear()
 
@@ -79,8 +83,11 @@ class JobRunner:
         job = self._jobs[name]
         async with job.lock:
             started = time.perf_counter()
+            inner = asyncio.ensure_future(anyio.to_thread.run_sync(job.function))
+            self._running.add(inner)
+            inner.add_done_callback(self._running.discard)
             try:
-                result = await anyio.to_thread.run_sync(job.function)
+                result = await asyncio.shield(inner)
             except Exception:
                 JOB_RUNS.labels(name, "failed").inc()
                 raise

@@ -71,3 +71,21 @@ def test_runs_of_one_job_never_overlap_and_errors_reach_the_caller() -> None:
 
     asyncio.run(scenario())
     assert most == 1
+
+
+def test_stop_waits_for_a_run_in_progress() -> None:
+    finished: list[bool] = []
+
+    def slow() -> None:
+        time.sleep(0.3)
+        finished.append(True)
+
+    async def scenario() -> None:
+        runner = JobRunner()
+        runner.every("slow-stop-test", 3600, slow)
+        runner.start()
+        await asyncio.sleep(0.05)  # the run at start is in its thread now
+        await runner.stop()
+        assert finished == [True]  # stop returned only after the thread finished
+
+    asyncio.run(scenario())
