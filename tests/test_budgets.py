@@ -393,3 +393,18 @@ def test_a_malformed_alert_cursor_is_422(client: Client, auth: Auth) -> None:
         response = client.get("/alerts", params={"cursor": cursor}, headers=auth("admin"))
         assert response.status_code == 422
         assert response.json()["errors"][0]["field"] == "cursor"
+
+
+def test_per_learner_forecasts_survive_the_crossing_filter(client: Client, auth: Auth, db: ClickHouse) -> None:
+    create(client, auth, per_learner=True, limit_usd="100", thresholds=[{"percent": 100, "kind": "forecast"}])
+    record(
+        client,
+        auth,
+        # 30 in the last three days of 10: forecast 160, though only 30 is spent
+        usage("2026-04-09T12:00:00Z", "15", learner_id="trending"),
+        usage("2026-04-10T12:00:00Z", "15", learner_id="trending"),
+        # 40 early in the month, nothing since: forecast 40 + 2/day x 20 days = 80
+        usage("2026-04-02T12:00:00Z", "40", learner_id="steady"),
+    )
+    evaluate_budgets(db, now=APRIL_11)
+    assert [(r[1], r[3]) for r in alerts(db)] == [("trending", "forecast")]

@@ -27,7 +27,7 @@ from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from decimal import ROUND_HALF_EVEN, Decimal
+from decimal import ROUND_CEILING, ROUND_HALF_EVEN, Decimal
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -139,10 +139,47 @@ def alert_id(budget: Budget, window: Window, percent: int, kind: str, learner: s
     return "alt_" + hashlib.sha256(parts.encode()).hexdigest()[:24]
 
 
+def learner_floor(
+    budgets: Sequence[Budget], window: Window, now: datetime
+) -> tuple[Decimal | None, Decimal | None, Decimal, Decimal]:
+    """For per-learner budgets: (least actual, least forecast, a, b). A learner can
+    cross no threshold of any of them unless spend >= least actual, or
+    a * spend + b * recent >= least forecast.
+
+    `a * spend + b * recent` is the forecast (see `forecast`) with a and b rounded
+    up, so the filter only ever lets through more learners than cross; the exact
+    check happens afterwards in Decimal.
+    """
+    ready = forecast_ready(window, now)
+
+    def least(kind: str) -> Decimal | None:
+        amounts = [Decimal(b.limit_usd) * t.percent / 100 for b in budgets for t in b.thresholds if t.kind == kind]
+        return min(amounts) if amounts else None
+
+    elapsed = Decimal(max((now - window.start).total_seconds(), 1))
+    remaining = Decimal(max((window.end - now).total_seconds(), 0))
+    span = Decimal(max((now - recent_start(window, now)).total_seconds(), 1))
+    up = Decimal("0.000000001")
+    a = (1 + remaining / (2 * elapsed)).quantize(up, rounding=ROUND_CEILING)
+    b = (remaining / (2 * span)).quantize(up, rounding=ROUND_CEILING)
+    return least("actual"), least("forecast") if ready else None, a, b
+
+
 def measure_group(
-    db: ClickHouse, columns: tuple[str, ...], window: Window, budgets: Sequence[Budget], now: datetime
+    db: ClickHouse,
+    columns: tuple[str, ...],
+    window: Window,
+    budgets: Sequence[Budget],
+    now: datetime,
+    *,
+    crossing_only: bool = False,
 ) -> Measured:
-    """Spend so far (and in the recent window) for every scope in the group, in one query."""
+    """Spend so far (and in the recent window) for every scope in the group, in one query.
+
+    With `crossing_only`, a per-learner group returns only the learners that may
+    cross a threshold (`learner_floor`): with many learners almost all are
+    below every threshold, and moving them into Python would dominate the pass.
+    """
     values: dict[str, list[str]] = defaultdict(list)
     for budget in budgets:
         for column in ("tenant_id", "service", "learner_id"):
@@ -158,10 +195,23 @@ def measure_group(
     sql = f"SELECT {select} FROM ({union_sql(segments, columns, filters, params)})"
     if columns:
         sql += f" GROUP BY {', '.join(columns)}"
+    if crossing_only and "learner_id" in columns and budgets and all(per_learner(b) for b in budgets):
+        actual, projected, a, b = learner_floor(budgets, window, now)
+        conditions = []
+        if actual is not None:
+            conditions.append("sum(cost_usd) >= {actual:Decimal(38, 12)}")
+            params["actual"] = actual
+        if projected is not None:
+            conditions.append(
+                "sum(cost_usd) * {a:Decimal(18, 9)} + sumIf(cost_usd, t >= {recent:DateTime64(3, 'UTC')})"
+                " * {b:Decimal(18, 9)} >= {projected:Decimal(38, 12)}"
+            )
+            params.update({"projected": projected, "a": a, "b": b})
+        sql += " HAVING " + (" OR ".join(conditions) or "0")
     result = Measured()
+    width = len(columns)
     for row in db.query(sql, params, label="budgets.measure"):
-        key = tuple(str(v) for v in row[: len(columns)])
-        result.rows[key] = Spend(Decimal(row[len(columns)]), Decimal(row[len(columns) + 1]))
+        result.rows[tuple(row[:width])] = Spend(row[width], row[width + 1])
     return result
 
 
@@ -192,9 +242,13 @@ class Evaluation:
         return out
 
 
-def evaluate(db: ClickHouse, budgets: Sequence[Budget], now: datetime) -> tuple[list[Evaluation], int, set[str]]:
+def evaluate(
+    db: ClickHouse, budgets: Sequence[Budget], now: datetime, *, crossing_only: bool = False
+) -> tuple[list[Evaluation], int, set[str]]:
     """Spend and forecast for each enabled budget in force at `now`.
 
+    With `crossing_only`, per-learner budgets yield only learners that may cross
+    a threshold (the pass); without it, every learner (status).
     Returns (evaluations, queries run, ids of budgets whose group failed). A
     group that fails (ClickHouse refused it) is logged and skipped; the others
     are still evaluated.
@@ -210,29 +264,34 @@ def evaluate(db: ClickHouse, budgets: Sequence[Budget], now: datetime) -> tuple[
     failed: set[str] = set()
     for (columns, learners, window), members in groups.items():
         try:
-            measured = measure_group(db, columns, window, members, now)
+            measured = measure_group(db, columns, window, members, now, crossing_only=crossing_only)
         except StorageUnavailable:
             log.exception("budget evaluation failed for %d budgets; the others go on", len(members))
             failed.update(b.budget_id for b in members)
             continue
         ready = forecast_ready(window, now)
+        by_scope: dict[tuple[str, ...], list[tuple[tuple[str, ...], Spend]]] = defaultdict(list)
+        if learners:  # rows keyed (tenant_id, [service,] learner_id), bucketed by what a budget may name
+            for row_key, spend in measured.rows.items():
+                if row_key[-1]:
+                    by_scope[()].append((row_key, spend))
+                    by_scope[row_key[:1]].append((row_key, spend))
+                    if len(row_key) == 3:
+                        by_scope[row_key[:2]].append((row_key, spend))
         for budget in members:
             if learners:
-                wanted = {c: getattr(budget.scope, c) for c in ("tenant_id", "service") if getattr(budget.scope, c)}
-                for row_key, spend in measured.rows.items():
-                    row = dict(zip(columns, row_key, strict=True))
-                    if row["learner_id"] and all(row[c] == v for c, v in wanted.items()):
-                        evaluations.append(
-                            Evaluation(
-                                budget,
-                                window,
-                                row["learner_id"],
-                                spend.total,
-                                forecast(spend, window, now),
-                                tenant=row["tenant_id"],
-                                forecast_ready=ready,
-                            )
+                for row_key, spend in by_scope.get(scope_key(budget), []):
+                    evaluations.append(
+                        Evaluation(
+                            budget,
+                            window,
+                            row_key[-1],
+                            spend.total,
+                            forecast(spend, window, now),
+                            tenant=row_key[0],
+                            forecast_ready=ready,
                         )
+                    )
             else:
                 spend = measured.rows.get(scope_key(budget), Spend())
                 evaluations.append(
@@ -276,7 +335,7 @@ def evaluate_budgets(
     budgets = store.find(tenant_visible=None, filters={})
     if on_loaded is not None:
         on_loaded(budgets)
-    evaluations, queries, failed = evaluate(db, budgets, now)
+    evaluations, queries, failed = evaluate(db, budgets, now, crossing_only=True)
     crossing: dict[str, list[Any]] = {}
     for evaluation in evaluations:
         for percent, kind in evaluation.crossed():
