@@ -491,11 +491,16 @@ def instrumented_pass(db: RecordingClickHouse) -> Steps:
     recorder = db  # the wrapper's own `db` parameter is evaluate()'s
 
     def measured(
-        db: ClickHouse, columns: tuple[str, ...], window: Window, budgets: Sequence[Budget], now: datetime
+        db: ClickHouse,
+        columns: tuple[str, ...],
+        window: Window,
+        budgets: Sequence[Budget],
+        now: datetime,
+        **options: Any,
     ) -> Measured:
         began = time.perf_counter()
         try:
-            return original(db, columns, window, budgets, now)
+            return original(db, columns, window, budgets, now, **options)
         finally:
             in_measure[0] += time.perf_counter() - began
             calls = [c for c in recorder.take() if c.label == "budgets.measure"]
@@ -518,7 +523,7 @@ def instrumented_pass(db: RecordingClickHouse) -> Steps:
     evaluate_module.measure_group = measured
     try:
         t_start = time.perf_counter()
-        result = evaluate(db, budgets, now)
+        result = evaluate(db, budgets, now, crossing_only=True)  # as evaluate_budgets runs it
         t_evaluate = time.perf_counter()
     finally:
         evaluate_module.measure_group = original
