@@ -460,7 +460,11 @@ def rerun(db: RecordingClickHouse, call: Call, why: str) -> Rerun:
     counted = timed(f"SELECT count() FROM ({call.sql})")
     branches: list[tuple[str, float]] = []
     head, _, rest = call.sql.partition(" FROM (")
-    inner, _, tail = rest.rpartition(")")
+    inner, grouped, tail = rest.rpartition(") GROUP BY ")  # a HAVING after it holds parentheses too
+    if grouped:
+        tail = " GROUP BY " + tail
+    else:
+        inner, _, tail = rest.rpartition(")")
     for branch in inner.split("\nUNION ALL\n"):
         source = branch.split(" FROM ", 1)[1].split(" ", 1)[0]
         branches.append((source, timed(f"SELECT count() FROM ({head} FROM ({branch}){tail})")))
