@@ -694,9 +694,11 @@ def checks(db: ClickHouse, steps: Steps, mix: BudgetMix, seed: int) -> list[Chec
             f"{len(sample) - len(wrong)}/{len(sample)} sampled budgets equal" + (f"; {wrong[0]}" if wrong else ""),
         )
     )
-    # 2. each per-learner template evaluates every learner with events in its window
+    # 2. each per-learner template, measured without the pass's crossing filter (as its status
+    # is), sees every learner with events in its window
     templates = [b for b in mix.budgets if b.per_learner and b.enabled]
-    counted = Counter(e.budget.budget_id for e in steps.evaluation_list if e.learner)
+    every = evaluate(db, templates, now)[0]
+    counted = Counter(e.budget.budget_id for e in every if e.learner)
     missing: list[str] = []
     expected_total = 0
     for template in templates:
