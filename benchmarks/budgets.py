@@ -64,7 +64,8 @@ from litestar.testing import TestClient
 from prometheus_client import REGISTRY
 from tqdm import tqdm
 
-from benchmarks.queries import learner_ids, load, say
+from benchmarks.queries import learner_ids, load
+from benchmarks.report import elapsed, render_table, say, verdict
 from service.auth.principal import Role
 from service.auth.tokens import issue_token
 from service.budgets import evaluate as evaluate_module
@@ -115,8 +116,6 @@ SINGLE_MIX: tuple[tuple[PeriodName, str, float], ...] = (
 TEMPLATE_THRESHOLDS = [Threshold(80, "actual"), Threshold(100, "actual"), Threshold(100, "forecast")]
 FIXED_MIN = 200  # budgets below which the mix is not worth the name
 TENANT_PERIODS: tuple[PeriodName, ...] = ("monthly", "weekly", "daily")
-
-_started = time.perf_counter()
 
 
 def now_ms() -> datetime:
@@ -960,10 +959,6 @@ def report_latency(figures: LatencyFigures) -> None:
 # -- report ----------------------------------------------------------------------------
 
 
-def verdict(ok: bool) -> str:
-    return "meets target" if ok else "below target"
-
-
 def summary_table(
     args: argparse.Namespace,
     events: int,
@@ -1059,18 +1054,12 @@ def summary_table(
         )
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
     rows.append(("peak memory (this process)", f"{peak:.2f} GiB", "", ""))
-    headers = ("figure", "value", "target / detail", "verdict")
-    widths = [max(len(r[i]) for r in (headers, *rows)) for i in range(4)]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
-    lines.append("  ".join("-" * w for w in widths))
-    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows]
-    lines.append("")
-    lines.append(
+    footer = (
         f"{os.cpu_count() or 0} CPU cores; chDB embedded in this process; {events:,} events over {args.days} days, "
         f"{len(TENANTS)} tenants, {args.learners:,} learners; passes are evaluate_budgets(db) calls, the latency "
         "phase the real app through Litestar's TestClient"
     )
-    return "\n".join(lines)
+    return render_table(rows, footer)
 
 
 # -- entry point -----------------------------------------------------------------------
@@ -1157,7 +1146,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             shutil.rmtree(workdir, ignore_errors=True)
     print()
     print(summary_table(args, figures.events, figures.seconds, mix, passes, steps, found, latency), flush=True)
-    say(f"done in {time.perf_counter() - _started:.0f}s")
+    say(f"done in {elapsed():.0f}s")
     wrong = [c.name for c in found if not c.ok]
     if wrong:
         say(f"wrong evaluation answers: {', '.join(wrong)}")

@@ -49,6 +49,7 @@ import msgspec
 import uvicorn
 from litestar import Litestar, get, post
 
+from benchmarks.report import render_table, say, verdict
 from service.auth.principal import Principal, Role
 from service.auth.tokens import issue_token
 from service.pricing import catalog as catalog_module
@@ -79,12 +80,6 @@ CALCULATOR_TARGET = 200_000.0
 
 Loop = Literal["uvloop", "asyncio"]
 Http = Literal["httptools", "h11"]
-
-_started = time.perf_counter()
-
-
-def say(message: str) -> None:
-    print(f"[bench {time.perf_counter() - _started:6.1f}s] {message}", flush=True)
 
 
 # -- payloads ------------------------------------------------------------------
@@ -814,10 +809,6 @@ def phase_calculator(prices: Sequence[CatalogPrice], args: argparse.Namespace) -
 # -- report --------------------------------------------------------------------
 
 
-def verdict(value: float, target: float) -> str:
-    return "meets target" if value >= target else "below target"
-
-
 def summary(
     single: SingleFigures | None,
     batch: BatchFigures | None,
@@ -840,7 +831,7 @@ def summary(
                 "single: real / bare",
                 f"{single.ratio:.1%}",
                 f">= {SINGLE_TARGET:.0%}",
-                verdict(single.ratio, SINGLE_TARGET),
+                verdict(single.ratio >= SINGLE_TARGET),
             )
         )
     if batch is not None:
@@ -858,7 +849,7 @@ def summary(
                 "batch: API / raw",
                 f"{batch.ratio:.1%}",
                 f">= {BATCH_TARGET:.0%}",
-                verdict(batch.ratio, BATCH_TARGET),
+                verdict(batch.ratio >= BATCH_TARGET),
             )
         )
     if calculator is not None:
@@ -867,23 +858,16 @@ def summary(
                 "calculator: price_for + cost",
                 f"{calculator.rate:,.0f} ev/s",
                 f">= {CALCULATOR_TARGET:,.0f} ev/s",
-                verdict(calculator.rate, CALCULATOR_TARGET),
+                verdict(calculator.rate >= CALCULATOR_TARGET),
             )
         )
         rows.append(("calculator: Ingestor.prepare", f"{calculator.prepare_rate:,.0f} ev/s", "(context)", ""))
-    headers = ("figure", "value", "target / detail", "verdict")
-    widths = [max(len(r[i]) for r in (headers, *rows)) for i in range(4)]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
-    lines.append("  ".join("-" * w for w in widths))
-    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows]
-    cores = os.cpu_count() or 0
     loop, http = server_options()
-    lines.append("")
-    lines.append(
-        f"{cores} CPU cores shared by the servers and the load generator; "
-        f"uvicorn --loop {loop} --http {http}; {catalog_note}"
+    return render_table(
+        rows,
+        f"{os.cpu_count() or 0} CPU cores shared by the servers and the load generator; "
+        f"uvicorn --loop {loop} --http {http}; {catalog_note}",
     )
-    return "\n".join(lines)
 
 
 # -- entry point ---------------------------------------------------------------

@@ -52,6 +52,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import anyio.to_thread
 from tqdm import tqdm
 
+from benchmarks.report import elapsed, render_table, say, verdict
 from service.auth.principal import Principal, Role
 from service.costs.query import COUNTS, CostQueries
 from service.costs.schemas import CostSummary, CostTotals, LearnerBreakdown, ServiceBreakdown
@@ -81,12 +82,6 @@ SPEEDUP_TARGET = 10.0
 A = TypeVar("A")
 B = TypeVar("B")
 Row = tuple[Any, ...]
-
-_started = time.perf_counter()
-
-
-def say(message: str) -> None:
-    print(f"[bench {time.perf_counter() - _started:6.1f}s] {message}", flush=True)
 
 
 def millis(moment: datetime) -> int:
@@ -728,10 +723,6 @@ async def questions(
 # -- report ---------------------------------------------------------------------
 
 
-def verdict(ok: bool) -> str:
-    return "meets target" if ok else "below target"
-
-
 def summary_table(
     load_figures: LoadFigures,
     parts: list[TableParts],
@@ -798,18 +789,12 @@ def summary_table(
         rows.append((f"{question.name}: answers", question.answer[:60], "rollup = raw", ""))
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
     rows.append(("peak memory (this process)", f"{peak:.2f} GiB", "", ""))
-    headers = ("figure", "value", "target / detail", "verdict")
-    widths = [max(len(r[i]) for r in (headers, *rows)) for i in range(4)]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
-    lines.append("  ".join("-" * w for w in widths))
-    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows]
-    lines.append("")
-    lines.append(
+    return render_table(
+        rows,
         f"{os.cpu_count() or 0} CPU cores; chDB embedded in this process; {load_figures.events:,} events over "
         f"{args.days} days, {len(TENANTS)} tenants, {args.learners:,} learners; rollup figures are "
-        f"CostService calls (admin), the API's path minus HTTP"
+        f"CostService calls (admin), the API's path minus HTTP",
     )
-    return "\n".join(lines)
 
 
 # -- entry point ------------------------------------------------------------------
@@ -865,7 +850,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             shutil.rmtree(workdir, ignore_errors=True)
     print()
     print(summary_table(load_figures, parts, asked, refresh, args), flush=True)
-    say(f"done in {time.perf_counter() - _started:.0f}s")
+    say(f"done in {elapsed():.0f}s")
     mismatches = [q.name for q in asked if q.answer != "equal"]
     if mismatches:
         say(f"rollup and raw answers differ for: {', '.join(mismatches)}")
