@@ -14,6 +14,7 @@ from litestar.status_codes import HTTP_201_CREATED, HTTP_204_NO_CONTENT
 
 from service.auth.guards import principal_of, require_roles
 from service.auth.principal import READERS, Role
+from service.bodies import decode_body
 from service.budgets.schemas import (
     Alert,
     AlertPage,
@@ -25,7 +26,6 @@ from service.budgets.schemas import (
 )
 from service.budgets.service import BudgetService
 from service.budgets.watch import BudgetWatch
-from service.errors import InvalidInput, MalformedRequest
 from service.openapi import REF_TEMPLATE, json_body_operation
 from service.queue import Jobs
 
@@ -36,15 +36,7 @@ _decoder = msgspec.json.Decoder(BudgetIn)
 
 
 def decode_budget(body: bytes) -> BudgetIn:
-    from service.usage.ingest import problem_from_msgspec
-
-    try:
-        return _decoder.decode(body)
-    except msgspec.ValidationError as exc:
-        found = problem_from_msgspec(exc)
-        raise InvalidInput(f"invalid budget: {found['reason']}", errors=[found]) from exc
-    except msgspec.DecodeError as exc:
-        raise MalformedRequest(f"body is not valid JSON: {exc}") from exc
+    return decode_body(_decoder, body, "budget")
 
 
 class BudgetController(Controller):

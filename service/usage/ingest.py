@@ -10,7 +10,6 @@ INSERT, because the materialized views count whatever reaches `usage_events`.
 from __future__ import annotations
 
 import asyncio
-import re
 import time
 import uuid
 from collections import deque
@@ -24,7 +23,8 @@ import anyio.to_thread
 import msgspec
 
 from service.auth.principal import Principal
-from service.errors import InvalidInput, MalformedRequest, Overloaded
+from service.bodies import decode_body, problem_from_msgspec
+from service.errors import InvalidInput, Overloaded
 from service.metrics import (
     INGEST_BUFFER_ROWS,
     INGEST_DUPLICATES,
@@ -49,7 +49,6 @@ from service.usage.schemas import (
 
 MAX_FUTURE_SKEW = timedelta(minutes=5)
 EARLIEST_EVENT = datetime(2000, 1, 1, tzinfo=UTC)  # the rollups' DateTime columns start in 1970
-_MSGSPEC_PATH = re.compile(r"^(?P<reason>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.DOTALL)
 
 EVENT_COLUMNS: tuple[str, ...] = (
     "event_id",
@@ -79,49 +78,13 @@ _event_decoder = msgspec.json.Decoder(UsageEventIn)
 _batch_decoder = msgspec.json.Decoder(UsageBatchIn)
 
 
-def problem_from_msgspec(exc: msgspec.ValidationError, index: int | None = None) -> dict[str, Any]:
-    """{"index"?, "field", "reason"} from msgspec's `reason - at `$.path`` message."""
-    match = _MSGSPEC_PATH.match(str(exc))
-    reason = match.group("reason") if match else str(exc)
-    path = (match.group("path") if match else None) or ""
-    problem: dict[str, Any] = {"field": path.lstrip(".") or None, "reason": reason}
-    if problem["field"] is None and reason.startswith("Object missing required field"):
-        problem["field"] = reason.split("`")[1]
-    if index is not None:
-        problem = {"index": index, **problem}
-    return problem
-
-
-def _require_json(body: bytes) -> None:
-    """400 for a body that is not JSON at all (msgspec validates while it parses,
-    so a schema error can surface before the syntax error further on)."""
-    try:
-        msgspec.json.decode(body)
-    except msgspec.DecodeError as exc:
-        raise MalformedRequest(f"body is not valid JSON: {exc}") from exc
-
-
 def decode_event(body: bytes) -> UsageEventIn:
-    try:
-        return _event_decoder.decode(body)
-    except msgspec.ValidationError as exc:
-        _require_json(body)
-        problem = problem_from_msgspec(exc)
-        raise InvalidInput(f"invalid usage event: {problem['reason']}", errors=[problem]) from exc
-    except msgspec.DecodeError as exc:
-        raise MalformedRequest(f"body is not valid JSON: {exc}") from exc
+    return decode_body(_event_decoder, body, "usage event")
 
 
 def decode_batch(body: bytes, max_events: int) -> list[UsageEventIn | dict[str, Any]]:
     """Each item decoded, or the problem that stopped it (reported together later)."""
-    try:
-        batch = _batch_decoder.decode(body)
-    except msgspec.ValidationError as exc:
-        _require_json(body)
-        problem = problem_from_msgspec(exc)
-        raise InvalidInput(f"invalid batch: {problem['reason']}", errors=[problem]) from exc
-    except msgspec.DecodeError as exc:
-        raise MalformedRequest(f"body is not valid JSON: {exc}") from exc
+    batch = decode_body(_batch_decoder, body, "batch")
     if not batch.events:
         raise InvalidInput("events is empty", errors=[{"field": "events", "reason": "at least one event"}])
     if len(batch.events) > max_events:
