@@ -20,6 +20,9 @@ from litestar.openapi.plugins import RedocRenderPlugin, SwaggerRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
 from redis.asyncio import Redis
 
+from service.alerts.controller import AlertTestIn, send_test_alert
+from service.alerts.delivery import LocalDelivery
+from service.alerts.senders import Senders
 from service.auth.guards import BearerTokenMiddleware
 from service.auth.tokens import TokenVerifier
 from service.budgets.controller import AlertController, BudgetController, evaluate_now
@@ -101,11 +104,13 @@ class AppComponents:
         jobs: Jobs,
         watch: BudgetWatch,
         settings: Settings,
+        senders: Senders,
     ) -> None:
         self.db = db
         self.jobs = jobs
         self.watch = watch
-        self.budgets = BudgetService(BudgetStore(db))
+        self.senders = senders
+        self.budgets = BudgetService(BudgetStore(db), settings.alerts)
         self.pricing = pricing
         self.buffer = buffer
         self.ingestor = Ingestor(pricing, buffer, settings.ingest)
@@ -175,6 +180,9 @@ def create_app(
     def provide_cost_queries() -> CostQueries:
         return wired[0].cost_queries
 
+    def provide_senders() -> Senders:
+        return wired[0].senders
+
     @asynccontextmanager
     async def lifespan(_: Litestar) -> AsyncIterator[None]:
         database = db if db is not None else await anyio.to_thread.run_sync(open_database, settings)
@@ -185,6 +193,8 @@ def create_app(
             jobs: Jobs
             delay = settings.budgets.trigger_delay_ms / 1000
             local = JobRunner()  # what runs in this process in either mode
+            senders = Senders(settings.alerts)
+            delivery: LocalDelivery | None = None
             if settings.redis_url:  # distributed: arq workers run the jobs
                 queue = ArqJobs(settings.redis_url)
                 await queue.connect()
@@ -198,11 +208,16 @@ def create_app(
                 jobs = queue
             else:  # embedded: the same job functions, in this process
                 watch = BudgetWatch(lambda: local.trigger("evaluate_budgets", delay))
-                local.every(
-                    "evaluate_budgets",
-                    settings.budgets.check_interval_s,
-                    lambda: msgspec.to_builtins(evaluate_budgets(database, on_loaded=watch.load)[0]),
-                )
+                delivery = LocalDelivery(database, senders)
+                delivery.start()
+                deliver = delivery
+
+                def evaluate_and_dispatch() -> dict[str, Any]:
+                    run = msgspec.to_builtins(evaluate_budgets(database, on_loaded=watch.load)[0])
+                    return {**run, "deliveries_started": deliver.dispatch()}
+
+                local.every("evaluate_budgets", settings.budgets.check_interval_s, evaluate_and_dispatch)
+                local.every("dispatch_alerts", settings.alerts.dispatch_interval_s, delivery.dispatch)
                 local.every(
                     "cost_summaries",
                     settings.costs.aggregation_interval_s,
@@ -216,13 +231,15 @@ def create_app(
             buffer = GroupCommitBuffer(database, settings.ingest, on_written=watch.notify, shared=shared)
             buffer.start()
             local.start()
-            wired.append(AppComponents(database, PricingState(book), buffer, jobs, watch, settings))
+            wired.append(AppComponents(database, PricingState(book), buffer, jobs, watch, settings, senders))
             log.info("finops-svc ready: %d prices loaded, ClickHouse at %s", len(book), _safe_url(database.url))
             try:
                 yield
             finally:
                 wired.clear()
                 await local.stop()
+                if delivery is not None:
+                    await delivery.stop()
                 await buffer.stop()
                 if jobs is not local:
                     await jobs.stop()
@@ -238,6 +255,7 @@ def create_app(
         BudgetController,
         AlertController,
         evaluate_now,
+        send_test_alert,
         health,
     ]
     if settings.prometheus_metrics_enabled:
@@ -254,6 +272,7 @@ def create_app(
             "budgets": Provide(provide_budgets, sync_to_thread=False),
             "watch": Provide(provide_watch, sync_to_thread=False),
             "queries": Provide(provide_cost_queries, sync_to_thread=False),
+            "senders": Provide(provide_senders, sync_to_thread=False),
         },
         middleware=[DefineMiddleware(BearerTokenMiddleware, verifier=verifier, exclude=PUBLIC_PATHS)],
         exception_handlers={DomainError: handle_domain_error, HTTPException: handle_http_exception},
@@ -281,7 +300,7 @@ def create_app(
     openapi = app.plugins.get(OpenAPIPlugin).provide_openapi()
     if openapi.components.schemas is None:
         openapi.components.schemas = {}
-    openapi.components.schemas.update(component_schemas(UsageEventIn, UsageBatchDoc, BudgetIn))  # type: ignore[arg-type]
+    openapi.components.schemas.update(component_schemas(UsageEventIn, UsageBatchDoc, BudgetIn, AlertTestIn))  # type: ignore[arg-type]
     openapi.paths["/usage-events"].post = record_operation(WRITE_AUTH)  # type: ignore[index]
     return UsageEventFastPath(  # type: ignore[return-value]
         app, verifier, lambda: wired[0].ingestor, max_body_bytes=MAX_BODY_BYTES

@@ -31,6 +31,11 @@ INGEST_REJECTED = Counter("finops_ingest_rejected_total", "Requests refused beca
 UNPRICED_EVENTS = Counter("finops_unpriced_events_total", "Events stored without a price, by provider.", ["provider"])
 
 
+ALERT_DELIVERIES = Counter(
+    "finops_alert_deliveries_total",
+    "Alert delivery attempts by channel type and outcome (delivered, retrying, failed).",
+    ["channel", "outcome"],
+)
 JOB_RUNS = Counter("finops_job_runs_total", "Background job runs by job and outcome.", ["job", "outcome"])
 JOB_SECONDS = Histogram(
     "finops_job_seconds",

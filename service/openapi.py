@@ -13,6 +13,7 @@ from typing import Any
 
 import msgspec
 from litestar.openapi.spec import (
+    Discriminator,
     OpenAPIFormat,
     OpenAPIMediaType,
     OpenAPIType,
@@ -53,6 +54,8 @@ def to_schema(data: dict[str, Any]) -> Schema | Reference:
             fields[_snake(key)] = [to_schema(sub) for sub in value]
         elif key in ("$defs", "$schema"):
             continue
+        elif key == "discriminator":
+            fields["discriminator"] = Discriminator(property_name=value["propertyName"], mapping=value.get("mapping"))
         else:
             fields[_snake(key)] = value
     return Schema(**fields)

@@ -128,6 +128,43 @@ class BudgetSettings:
 
 
 @dataclass(frozen=True)
+class AlertSettings:
+    sendgrid_api_key: str = field(default_factory=lambda: _env("SENDGRID_API_KEY", ""))
+    """API key for email alerts through SendGrid (SENDGRID_API_KEY)."""
+    sendgrid_api_host: str = field(default_factory=lambda: _env("SENDGRID_API_HOST", "https://api.sendgrid.com"))
+    """SendGrid API base URL (SENDGRID_API_HOST)."""
+    email_from: str = field(default_factory=lambda: _env("ALERT_EMAIL_FROM", ""))
+    """Sender address of alert emails (ALERT_EMAIL_FROM)."""
+    slack_webhook_url: str = field(default_factory=lambda: _env("SLACK_WEBHOOK_URL", ""))
+    """Slack incoming webhook used by Slack channels that name none (SLACK_WEBHOOK_URL)."""
+    twilio_account_sid: str = field(default_factory=lambda: _env("TWILIO_ACCOUNT_SID", ""))
+    """Twilio account for SMS alerts (TWILIO_ACCOUNT_SID)."""
+    twilio_auth_token: str = field(default_factory=lambda: _env("TWILIO_AUTH_TOKEN", ""))
+    """Twilio auth token (TWILIO_AUTH_TOKEN)."""
+    twilio_from_number: str = field(default_factory=lambda: _env("TWILIO_FROM_NUMBER", ""))
+    """E.164 number SMS alerts come from (TWILIO_FROM_NUMBER)."""
+    twilio_api_base_url: str = field(default_factory=lambda: _env("TWILIO_API_BASE_URL", "https://api.twilio.com"))
+    """Twilio REST API base URL (TWILIO_API_BASE_URL)."""
+    dashboard_url: str = field(default_factory=lambda: _env("ALERT_DASHBOARD_URL", ""))
+    """Link put in every alert, e.g. a Grafana dashboard (ALERT_DASHBOARD_URL)."""
+    allow_private_urls: bool = field(default_factory=lambda: _bool("ALERT_ALLOW_PRIVATE_URLS", False))
+    """Let Slack and webhook URLs be http or point at loopback/private addresses; for tests and
+    local setups only (ALERT_ALLOW_PRIVATE_URLS)."""
+    cooldown_s: int = field(default_factory=lambda: _int("ALERT_COOLDOWN_SECONDS", 600))
+    """After a budget's alert reaches a channel, further alerts of that budget wait this long and
+    go out together as one digest, unless they are more severe (ALERT_COOLDOWN_SECONDS)."""
+    max_attempts: int = field(default_factory=lambda: _int("ALERT_MAX_ATTEMPTS", 6, minimum=1))
+    """Attempts per (alert, channel) before it is recorded as failed (ALERT_MAX_ATTEMPTS)."""
+    retry_base_ms: int = field(default_factory=lambda: _int("ALERT_RETRY_BASE_MS", 2000, minimum=1))
+    """First retry delay; each later one doubles, with jitter, at most 10 minutes (ALERT_RETRY_BASE_MS)."""
+    send_timeout_s: int = field(default_factory=lambda: _int("ALERT_SEND_TIMEOUT_SECONDS", 10, minimum=1))
+    """Time limit of one delivery request (ALERT_SEND_TIMEOUT_SECONDS)."""
+    dispatch_interval_s: int = field(default_factory=lambda: _int("ALERT_DISPATCH_INTERVAL", 30, minimum=1))
+    """Seconds between sweeps that send alerts held by a cooldown or left undelivered
+    (ALERT_DISPATCH_INTERVAL)."""
+
+
+@dataclass(frozen=True)
 class Settings:
     server: ServerSettings = field(default_factory=ServerSettings)
     database: DatabaseSettings = field(default_factory=DatabaseSettings)
@@ -135,6 +172,7 @@ class Settings:
     ingest: IngestSettings = field(default_factory=IngestSettings)
     costs: CostSettings = field(default_factory=CostSettings)
     budgets: BudgetSettings = field(default_factory=BudgetSettings)
+    alerts: AlertSettings = field(default_factory=AlertSettings)
     redis_url: str = field(default_factory=lambda: _env("REDIS_URL", ""))
     """Redis for arq job queues and shared state; empty runs everything in-process (REDIS_URL)."""
     prometheus_metrics_enabled: bool = field(default_factory=lambda: _bool("PROMETHEUS_METRICS_ENABLED", True))

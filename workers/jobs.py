@@ -8,7 +8,10 @@ from typing import Any
 import anyio.to_thread
 import msgspec
 from arq import Retry
+from arq.connections import ArqRedis
 
+from service.alerts.delivery import DELIVERY_WINDOW, DeliveryTask, attempt, plan, retry_delay
+from service.alerts.senders import Senders
 from service.budgets.evaluate import evaluate_budgets
 from service.costs.summaries import refresh_cost_summaries
 from service.errors import StorageUnavailable
@@ -29,7 +32,70 @@ async def evaluate_budgets_job(ctx: dict[str, Any]) -> dict[str, Any]:
         run, fired = await anyio.to_thread.run_sync(evaluate_budgets, db)
     except StorageUnavailable as exc:
         raise _retry(ctx) from exc
-    return {**msgspec.to_builtins(run), "fired_alert_ids": fired}
+    return {**msgspec.to_builtins(run), "fired_alert_ids": fired, "deliveries_started": await dispatch_alerts(ctx)}
+
+
+CLAIM_TTL_MS = int((DELIVERY_WINDOW.total_seconds() + 3600) * 1000)
+
+
+def claim_name(key: str) -> str:
+    return f"finops:alert-claim:{key}"
+
+
+async def dispatch_alerts(ctx: dict[str, Any]) -> int:
+    """Enqueue one `deliver_alert` job per due delivery, for the (alert, channel) pairs this
+    worker claims in Redis (SET NX): across workers each pair is delivered by one job."""
+    db: ClickHouse = ctx["db"]
+    settings: Settings = ctx["settings"]
+    redis: ArqRedis = ctx["redis"]
+    try:
+        tasks = await anyio.to_thread.run_sync(plan, db, settings.alerts)
+    except StorageUnavailable:
+        return 0  # the next sweep plans again
+    started = 0
+    for task in tasks:
+        keys = task.claim_keys()
+        pipe = redis.pipeline(transaction=False)
+        for key in keys:
+            pipe.set(claim_name(key), task.delivery_id, nx=True, px=CLAIM_TTL_MS)
+        won = await pipe.execute()
+        mine = tuple(alert for alert, ok in zip(task.alert_ids, won, strict=True) if ok)
+        if not mine:
+            continue
+        narrowed = DeliveryTask(task.budget_id, task.channel_key, mine)
+        try:
+            await redis.enqueue_job(
+                "deliver_alert", narrowed.budget_id, narrowed.channel_key, list(mine), _job_id=narrowed.delivery_id
+            )
+        except Exception:
+            await redis.delete(*[claim_name(k) for k in narrowed.claim_keys()])
+            raise
+        started += 1
+    return started
+
+
+async def dispatch_alerts_job(ctx: dict[str, Any]) -> dict[str, Any]:
+    return {"deliveries_started": await dispatch_alerts(ctx)}
+
+
+async def deliver_alert_job(
+    ctx: dict[str, Any], budget_id: str, channel_key: str, alert_ids: list[str]
+) -> dict[str, Any]:
+    """One attempt per job try; a retryable failure is retried with backoff (arq `Retry`)
+    until ALERT_MAX_ATTEMPTS, when it is recorded as failed."""
+    db: ClickHouse = ctx["db"]
+    settings: Settings = ctx["settings"]
+    senders: Senders = ctx["senders"]
+    number = int(ctx.get("job_try", 1))
+    last = number >= settings.alerts.max_attempts
+    task = DeliveryTask(budget_id, channel_key, tuple(alert_ids))
+    try:
+        status, outcome = await anyio.to_thread.run_sync(lambda: attempt(db, senders, task, number, last=last))
+    except StorageUnavailable as exc:
+        raise Retry(defer=retry_delay(number, settings.alerts)) from exc
+    if status == "retrying":
+        raise Retry(defer=retry_delay(number, settings.alerts, outcome.retry_after_s if outcome else None))
+    return {"status": status, "response_code": outcome.code if outcome else None, "attempts": number}
 
 
 async def refresh_cost_summaries_job(ctx: dict[str, Any]) -> dict[str, Any]:

@@ -17,10 +17,11 @@ from arq.connections import RedisSettings
 from arq.cron import CronJob
 from arq.worker import Function, Worker
 
+from service.alerts.senders import Senders
 from service.app import open_database
 from service.settings import Settings, get_settings
 from service.storage.clickhouse import ClickHouse
-from workers.jobs import evaluate_budgets_job, refresh_cost_summaries_job
+from workers.jobs import deliver_alert_job, dispatch_alerts_job, evaluate_budgets_job, refresh_cost_summaries_job
 
 JOB_TIMEOUT_S = 300
 MAX_TRIES = 4
@@ -37,10 +38,18 @@ def cron_times(interval_s: int) -> dict[str, set[int]]:
     return {"hour": set(range(0, 24, min(hours, 24))), "minute": {0}, "second": {0}}
 
 
-def functions() -> list[Function]:
+def functions(settings: Settings) -> list[Function]:
     return [
         func(evaluate_budgets_job, name="evaluate_budgets", timeout=JOB_TIMEOUT_S, max_tries=MAX_TRIES),
         func(refresh_cost_summaries_job, name="cost_summaries", timeout=JOB_TIMEOUT_S, max_tries=MAX_TRIES),
+        func(dispatch_alerts_job, name="dispatch_alerts", timeout=JOB_TIMEOUT_S, max_tries=MAX_TRIES),
+        # one more try than attempts: the last attempt records a final failure itself
+        func(
+            deliver_alert_job,
+            name="deliver_alert",
+            timeout=settings.alerts.send_timeout_s * 3 + 30,
+            max_tries=settings.alerts.max_attempts + 1,
+        ),
     ]
 
 
@@ -60,6 +69,13 @@ def cron_jobs(settings: Settings) -> list[CronJob]:
             max_tries=MAX_TRIES,
             **cron_times(settings.costs.aggregation_interval_s),  # type: ignore[arg-type]
         ),
+        cron(
+            dispatch_alerts_job,
+            name="cron:dispatch_alerts",
+            timeout=JOB_TIMEOUT_S,
+            max_tries=MAX_TRIES,
+            **cron_times(settings.alerts.dispatch_interval_s),  # type: ignore[arg-type]
+        ),
     ]
 
 
@@ -68,6 +84,7 @@ def build_worker(settings: Settings, db: ClickHouse | None = None, **options: An
 
     async def startup(ctx: dict[str, Any]) -> None:
         ctx["settings"] = settings
+        ctx["senders"] = Senders(settings.alerts)
         ctx["db"] = db if db is not None else await anyio.to_thread.run_sync(open_database, settings)
 
     async def shutdown(ctx: dict[str, Any]) -> None:
@@ -75,7 +92,7 @@ def build_worker(settings: Settings, db: ClickHouse | None = None, **options: An
             await anyio.to_thread.run_sync(ctx["db"].close)
 
     return Worker(
-        functions=functions(),
+        functions=functions(settings),
         cron_jobs=cron_jobs(settings),
         redis_settings=RedisSettings.from_dsn(settings.redis_url),
         on_startup=startup,
@@ -90,7 +107,7 @@ class WorkerSettings:
     """For the `arq` command line: settings from the environment."""
 
     _settings = get_settings()
-    functions = functions()
+    functions = functions(_settings)
     cron_jobs = cron_jobs(_settings)
     redis_settings = RedisSettings.from_dsn(_settings.redis_url or "redis://127.0.0.1:6379")
     job_timeout = JOB_TIMEOUT_S
@@ -99,6 +116,7 @@ class WorkerSettings:
     @staticmethod
     async def on_startup(ctx: dict[str, Any]) -> None:
         ctx["settings"] = WorkerSettings._settings
+        ctx["senders"] = Senders(WorkerSettings._settings.alerts)
         ctx["db"] = await anyio.to_thread.run_sync(open_database, WorkerSettings._settings)
 
     @staticmethod

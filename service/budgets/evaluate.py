@@ -31,6 +31,7 @@ from decimal import ROUND_CEILING, ROUND_HALF_EVEN, Decimal
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from service.alerts.channels import channel_key, targets
 from service.auth.principal import TenantScope
 from service.budgets.schemas import Budget, EvaluationRun
 from service.budgets.store import ALERT_COLUMNS, BudgetStore
@@ -319,6 +320,7 @@ def alert_row(evaluation: Evaluation, percent: int, kind: str, now: datetime, st
         percent_of(evaluation.spend, evaluation.limit),
         state,
         "pending" if budget.channels else "no_channels",
+        [channel_key(target) for target in targets(budget.channels)],
         now,
         now,
         1,

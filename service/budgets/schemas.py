@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 import msgspec
+
+from service.alerts.channels import Channel
 
 Name = Annotated[str, msgspec.Meta(min_length=1, max_length=128, pattern=r"^[^\x00-\x1f]+$")]
 PeriodName = Literal["daily", "weekly", "monthly", "quarterly", "yearly", "custom"]
@@ -43,7 +45,7 @@ class BudgetIn(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     period_start: Annotated[datetime, msgspec.Meta(tz=True)] | None = None
     period_end: Annotated[datetime, msgspec.Meta(tz=True)] | None = None
     thresholds: Annotated[list[Threshold], msgspec.Meta(max_length=20)] | None = None
-    channels: Annotated[list[dict[str, Any]], msgspec.Meta(max_length=20)] = msgspec.field(default_factory=list)
+    channels: Annotated[list[Channel], msgspec.Meta(max_length=20)] = msgspec.field(default_factory=list)
     enabled: bool = True
 
 
@@ -59,7 +61,7 @@ class Budget(msgspec.Struct, kw_only=True):
     period_end: datetime | None
     limit_usd: str
     thresholds: list[Threshold]
-    channels: list[dict[str, Any]]
+    channels: list[Channel]
     enabled: bool
     created_at: datetime
     created_by: str
@@ -115,6 +117,22 @@ class Alert(msgspec.Struct, kw_only=True):
     delivery_state: Literal["pending", "delivered", "failed", "no_channels"]
     created_at: datetime
     updated_at: datetime
+    deliveries: list[ChannelDelivery] | None = None
+
+
+class ChannelDelivery(msgspec.Struct):
+    """Where one channel's delivery of an alert stands (GET /alerts/{alert_id})."""
+
+    channel_key: str
+    type: str
+    target: str
+    state: Literal["pending", "retrying", "delivered", "failed"]
+    attempts: int
+    last_response_code: int | None
+    last_error: str | None
+    last_attempt_at: datetime | None
+    delivery_id: str | None
+    digest_size: int | None
 
 
 class AlertPage(msgspec.Struct):

@@ -9,7 +9,11 @@ from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import anyio.to_thread
+import msgspec
 
+from service.alerts.channels import ChannelError, keep_secrets, public
+from service.alerts.channels import validate as validate_channels
+from service.alerts.delivery import DeliveryLog, overall_state
 from service.audit import record_audit
 from service.auth.principal import Principal, Role
 from service.budgets.evaluate import (
@@ -27,6 +31,7 @@ from service.budgets.schemas import (
     BudgetIn,
     BudgetPage,
     BudgetStatus,
+    ChannelDelivery,
     CrossedThreshold,
     LearnerUse,
     Scope,
@@ -34,6 +39,7 @@ from service.budgets.schemas import (
 from service.budgets.store import BudgetStore, alert_from_row, decode_cursor, encode_cursor
 from service.errors import Forbidden, InvalidInput, NotFound, StorageUnavailable
 from service.money import money_str, parse_money
+from service.settings import AlertSettings
 
 TOP_LEARNERS = 10
 MIN_LIMIT = Decimal("0.01")
@@ -45,8 +51,12 @@ def problem(field: str, reason: str) -> InvalidInput:
     return InvalidInput(f"{field}: {reason}", errors=[{"field": field, "reason": reason}])
 
 
-def check_budget(data: BudgetIn) -> None:
+def check_budget(data: BudgetIn, alerts: AlertSettings) -> None:
     """Rules a schema cannot express; 422 naming the field."""
+    try:
+        validate_channels(data.channels, alerts)
+    except ChannelError as exc:
+        raise problem(exc.field, exc.reason) from exc
     try:
         limit = parse_money(data.limit_usd)
     except ValueError as exc:
@@ -77,8 +87,10 @@ def check_budget(data: BudgetIn) -> None:
 
 
 class BudgetService:
-    def __init__(self, store: BudgetStore) -> None:
+    def __init__(self, store: BudgetStore, alerts: AlertSettings | None = None) -> None:
         self.store = store
+        self.alert_settings = alerts or AlertSettings()
+        self.deliveries = DeliveryLog(store.db)
 
     # -- who may do what ------------------------------------------------------
 
@@ -109,7 +121,7 @@ class BudgetService:
     # -- CRUD -----------------------------------------------------------------
 
     async def create(self, principal: Principal, data: BudgetIn) -> Budget:
-        check_budget(data)
+        check_budget(data, self.alert_settings)
         scope = self.managed_scope(principal, data.scope)
         now = datetime.now(UTC)
         budget = _from_input(f"bud_{uuid.uuid4().hex[:20]}", 1, data, scope, now, principal.subject, now)
@@ -123,19 +135,19 @@ class BudgetService:
                 target_type="budget",
                 target_id=budget.budget_id,
                 tenant_id=scope.tenant_id,
-                after=budget,
+                after=answered(budget),
             )
 
         await anyio.to_thread.run_sync(write)
-        return budget
+        return answered(budget)
 
     async def update(self, principal: Principal, budget_id: str, data: BudgetIn) -> Budget:
-        check_budget(data)
-
         def write() -> Budget:
             current = self._visible_or_404(principal, budget_id)
             self.managed_scope(principal, current.scope)
             scope = self.managed_scope(principal, data.scope)
+            data.channels = keep_secrets(data.channels, current.channels)
+            check_budget(data, self.alert_settings)
             budget = _from_input(
                 budget_id,
                 current.version + 1,
@@ -154,10 +166,10 @@ class BudgetService:
                 target_type="budget",
                 target_id=budget_id,
                 tenant_id=scope.tenant_id or current.scope.tenant_id,
-                before=current,
-                after=budget,
+                before=answered(current),
+                after=answered(budget),
             )
-            return budget
+            return answered(budget)
 
         return await anyio.to_thread.run_sync(write)
 
@@ -176,14 +188,14 @@ class BudgetService:
                 target_type="budget",
                 target_id=budget_id,
                 tenant_id=current.scope.tenant_id,
-                before=current,
+                before=answered(current),
             )
 
         await anyio.to_thread.run_sync(write)
 
     async def get(self, principal: Principal, budget_id: str) -> Budget:
         self._readable(principal)
-        return await anyio.to_thread.run_sync(self._visible_or_404, principal, budget_id)
+        return answered(await anyio.to_thread.run_sync(self._visible_or_404, principal, budget_id))
 
     async def list(self, principal: Principal, filters: dict[str, Any], limit: int, cursor: str | None) -> BudgetPage:
         self._readable(principal)
@@ -195,7 +207,7 @@ class BudgetService:
             lambda: self.store.find(tenant_visible=tenant, filters=filters, limit=limit + 1, after=after)
         )
         more = len(items) > limit
-        items = items[:limit]
+        items = [answered(b) for b in items[:limit]]
         return BudgetPage(items=items, next_cursor=encode_cursor(items[-1].budget_id) if more and items else None)
 
     @staticmethod
@@ -303,7 +315,9 @@ class BudgetService:
                 label="alerts.list",
             )
         )
-        items = [alert_from_row(row) for row in rows[:limit]]
+        rows = rows[:limit]
+        states = await anyio.to_thread.run_sync(self.deliveries.channel_states, [row["alert_id"] for row in rows])
+        items = [_with_delivery(row, states.get(row["alert_id"], {})) for row in rows]
         next_cursor = None
         if len(rows) > limit and items:
             next_cursor = encode_cursor(f"{items[-1].created_at.isoformat()}|{items[-1].alert_id}")
@@ -319,7 +333,40 @@ class BudgetService:
         found = alert_from_row(rows[0])
         if principal.role is not Role.ADMIN and found.tenant_id != principal.tenant_id:
             raise NotFound(f"alert {alert_id_!r} not found")
-        return found
+        states = await anyio.to_thread.run_sync(self.deliveries.channel_states, [alert_id_])
+        return _with_delivery(rows[0], states.get(alert_id_, {}), detail=True)
+
+
+def answered(budget: Budget) -> Budget:
+    """A budget as responses and the audit log show it: webhook secrets masked."""
+    return _copy(budget, channels=public(budget.channels))
+
+
+def _with_delivery(row: dict[str, Any], states: dict[str, ChannelDelivery], *, detail: bool = False) -> Alert:
+    """An alert with its delivery state worked out from the delivery log; with `detail`,
+    one entry per channel (channels not yet attempted are pending)."""
+    alert = alert_from_row(row)
+    keys = list(row.get("channel_keys") or [])
+    state = overall_state(row["delivery_state"], keys, states)
+    deliveries = None
+    if detail:
+        deliveries = [
+            states.get(key)
+            or ChannelDelivery(
+                channel_key=key,
+                type=key.split(":", 1)[0],
+                target="",
+                state="pending",
+                attempts=0,
+                last_response_code=None,
+                last_error=None,
+                last_attempt_at=None,
+                delivery_id=None,
+                digest_size=None,
+            )
+            for key in keys
+        ]
+    return msgspec.structs.replace(alert, delivery_state=state, deliveries=deliveries)
 
 
 def _learner_use(evaluation: Evaluation, limit: Decimal) -> LearnerUse:
@@ -363,6 +410,4 @@ def _from_input(
 
 
 def _copy(budget: Budget, **changes: Any) -> Budget:
-    import msgspec
-
     return msgspec.structs.replace(budget, **changes)

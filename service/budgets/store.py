@@ -10,6 +10,7 @@ from typing import Any
 
 import msgspec
 
+from service.alerts.channels import decode_channels
 from service.budgets.schemas import Alert, Budget, Scope, Threshold
 from service.money import money_str
 from service.storage.clickhouse import ClickHouse
@@ -53,12 +54,12 @@ ALERT_COLUMNS = (
     "percent_used",
     "state",
     "delivery_state",
+    "channel_keys",
     "created_at",
     "updated_at",
     "version",
 )
 _thresholds = msgspec.json.Decoder(list[Threshold])
-_channels = msgspec.json.Decoder(list[dict[str, Any]])
 
 
 def _utc(value: datetime | None) -> datetime | None:
@@ -107,7 +108,7 @@ def budget_from_row(row: dict[str, Any]) -> Budget:
         period_end=_utc(row["period_end"]),
         limit_usd=money_str(row["limit_usd"]),
         thresholds=_thresholds.decode(row["thresholds"]),
-        channels=_channels.decode(row["channels"]),
+        channels=decode_channels(row["channels"]),
         enabled=bool(row["enabled"]),
         created_at=_utc(row["created_at"]) or datetime.now(UTC),
         created_by=row["created_by"],

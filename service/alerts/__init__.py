@@ -1,0 +1,1 @@
+"""Alert delivery: channels, messages, senders and the delivery log."""
