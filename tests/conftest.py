@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import socket
 import subprocess
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -22,6 +25,40 @@ from service.storage.clickhouse import ClickHouse
 from service.storage.migrations import migrate
 
 JWT_SECRET = "test-secret-0123456789abcdef0123456789abcdef"
+
+
+@contextmanager
+def arq_worker(settings: Settings, db: ClickHouse) -> Iterator[None]:
+    """A real arq worker on `settings.redis_url`, in this process (its own thread and event loop),
+    sharing `db`: the embedded engine belongs to one process."""
+    import redis
+
+    from workers.settings import build_worker
+
+    redis.Redis.from_url(settings.redis_url).flushdb()
+    loop = asyncio.new_event_loop()
+    task: asyncio.Task[None] | None = None
+
+    def run() -> None:
+        nonlocal task
+        asyncio.set_event_loop(loop)
+        worker = build_worker(settings, db=db, handle_signals=False, poll_delay=0.05)
+        task = loop.create_task(worker.main())
+        try:
+            loop.run_until_complete(task)
+        except asyncio.CancelledError:
+            pass
+        finally:
+            loop.run_until_complete(worker.close())
+            loop.close()
+
+    thread = threading.Thread(target=run, name="arq-worker", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        loop.call_soon_threadsafe(lambda: task.cancel() if task else None)
+        thread.join(timeout=20)
 
 
 @pytest.fixture(scope="session")

@@ -7,9 +7,7 @@ a ClickHouse server the same worker runs as `finops worker` in its own process.
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
-import threading
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
@@ -21,41 +19,17 @@ from litestar.testing import TestClient
 from service.app import create_app
 from service.settings import Settings
 from service.storage.clickhouse import ClickHouse
-from workers.settings import build_worker, cron_times
+from tests.conftest import arq_worker
+from workers.settings import cron_times
 
 Auth = Callable[..., dict[str, str]]
 
 
 @pytest.fixture
 def distributed(settings: Settings, redis_url: str, db: ClickHouse) -> Iterator[TestClient]:  # type: ignore[type-arg]
-    import redis
-
-    redis.Redis.from_url(redis_url).flushdb()
     settings = dataclasses.replace(settings, redis_url=redis_url)
-    loop = asyncio.new_event_loop()
-    task: asyncio.Task[None] | None = None
-
-    def run() -> None:
-        nonlocal task
-        asyncio.set_event_loop(loop)
-        worker = build_worker(settings, db=db, handle_signals=False, poll_delay=0.05)
-        task = loop.create_task(worker.main())
-        try:
-            loop.run_until_complete(task)
-        except asyncio.CancelledError:
-            pass
-        finally:
-            loop.run_until_complete(worker.close())
-            loop.close()
-
-    thread = threading.Thread(target=run, name="arq-worker", daemon=True)
-    thread.start()
-    try:
-        with TestClient(app=create_app(settings)) as client:
-            yield client
-    finally:
-        loop.call_soon_threadsafe(lambda: task.cancel() if task else None)
-        thread.join(timeout=20)
+    with arq_worker(settings, db), TestClient(app=create_app(settings)) as client:
+        yield client
 
 
 def test_ingest_crossing_a_budget_is_evaluated_by_the_worker(distributed: TestClient, auth: Auth) -> None:  # type: ignore[type-arg]

@@ -146,3 +146,4 @@ class EvaluationRun(msgspec.Struct):
     fired: int
     resolved: int
     seconds: float
+    deliveries_started: int = 0
