@@ -57,6 +57,7 @@ from service.usage.schemas import UsageBatchDoc, UsageEventIn
 log = logging.getLogger("finops")
 MAX_BODY_BYTES = 32 * 1024 * 1024
 BUDGET_INDEX_REFRESH_S = 30  # distributed mode: how often the API relearns which scopes have budgets
+TRIGGERED_ONLY_S = 365 * 86400  # a job that runs at start-up and then only when triggered
 PUBLIC_PATHS = ["^/health", "^/docs", "^/redoc", "^/openapi.json", "^/metrics"]
 
 
@@ -207,16 +208,25 @@ def create_app(
                 )
                 jobs = queue
             else:  # embedded: the same job functions, in this process
-                watch = BudgetWatch(lambda: local.trigger("evaluate_budgets", delay))
+                watch = BudgetWatch(lambda: local.trigger("evaluate_touched", delay))
                 delivery = LocalDelivery(database, senders)
                 delivery.start()
                 deliver = delivery
 
                 def evaluate_and_dispatch() -> dict[str, Any]:
+                    """The full pass: every budget (scheduled, and POST /budgets/evaluate)."""
                     run = msgspec.to_builtins(evaluate_budgets(database, on_loaded=watch.load)[0])
                     return {**run, "deliveries_started": deliver.dispatch()}
 
+                def evaluate_touched() -> dict[str, Any]:
+                    """After ingest (or a budget change) triggered the watch: what it says was touched."""
+                    run = msgspec.to_builtins(
+                        evaluate_budgets(database, on_loaded=watch.load, touched=watch.drain())[0]
+                    )
+                    return {**run, "deliveries_started": deliver.dispatch()}
+
                 local.every("evaluate_budgets", settings.budgets.check_interval_s, evaluate_and_dispatch)
+                local.every("evaluate_touched", TRIGGERED_ONLY_S, evaluate_touched)
                 local.every("dispatch_alerts", settings.alerts.dispatch_interval_s, delivery.dispatch)
                 local.every(
                     "cost_summaries",

@@ -35,6 +35,7 @@ from service.alerts.channels import channel_key, targets
 from service.auth.principal import TenantScope
 from service.budgets.schemas import Budget, EvaluationRun
 from service.budgets.store import ALERT_COLUMNS, BudgetStore
+from service.budgets.watch import Touched
 from service.costs.periods import Period, next_period, period_start
 from service.costs.plan import plan
 from service.costs.query import CostFilter, union_sql
@@ -328,9 +329,15 @@ def alert_row(evaluation: Evaluation, percent: int, kind: str, now: datetime, st
 
 
 def evaluate_budgets(
-    db: ClickHouse, now: datetime | None = None, on_loaded: Callable[[list[Budget]], None] | None = None
+    db: ClickHouse,
+    now: datetime | None = None,
+    on_loaded: Callable[[list[Budget]], None] | None = None,
+    touched: Touched | None = None,  # noqa: ARG001 (narrowing comes next)
 ) -> tuple[EvaluationRun, list[str]]:
-    """One full pass: fire new alerts, resolve stale ones. Returns the run and the new alert ids."""
+    """One pass: fire new alerts, resolve stale ones. Returns the run and the new alert ids.
+
+    `touched` (from `BudgetWatch.drain`) limits the pass to the budgets whose scopes recent
+    writes touched; None evaluates every budget."""
     started = time.perf_counter()
     now = now or datetime.now(UTC)
     store = BudgetStore(db)

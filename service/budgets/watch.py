@@ -8,6 +8,10 @@ from service.budgets.schemas import Budget
 from service.usage.schemas import UsageEvent
 
 
+class Touched:
+    """The scopes ingest wrote to since the last triggered pass."""
+
+
 class BudgetWatch:
     """An in-memory index of budget scopes; `notify` triggers evaluation when an event matches.
 
@@ -37,6 +41,11 @@ class BudgetWatch:
         """A budget changed: evaluate now (the pass reloads this index)."""
         self._stale = True
         self._trigger()
+
+    def drain(self) -> Touched | None:
+        """What the next triggered pass must evaluate, and start collecting afresh;
+        None means every budget."""
+        return None
 
     def notify(self, events: Sequence[UsageEvent]) -> None:
         """Called after each ingest write with the events it stored."""
