@@ -37,6 +37,14 @@ PENDING_METRICS = {
     "finops_http_request_duration_seconds": "histogram",
 }
 
+# The time grain of each rollup: a time series over one is never bucketed finer.
+ROLLUP_GRAIN_S = {
+    "usage_hourly": 3600,
+    "usage_hourly_totals": 3600,
+    "usage_daily": 86400,
+    "usage_daily_totals": 86400,
+}
+
 ALL = None  # a variable with "All" selected
 Selection = dict[str, list[str] | None]
 
@@ -75,22 +83,49 @@ def prometheus_dashboard() -> dict[str, Any]:
     return found[0]
 
 
-def panel_sql(dashboard: dict[str, Any], title: str) -> str:
+def panel_titled(dashboard: dict[str, Any], title: str) -> dict[str, Any]:
     [panel] = [p for p in panels_of(dashboard) if p.get("title") == title]
-    [target] = panel["targets"]
+    return panel
+
+
+def panel_sql(dashboard: dict[str, Any], title: str) -> str:
+    [target] = panel_titled(dashboard, title)["targets"]
     sql: str = target["rawSql"]
     return sql
 
 
-def clickhouse_queries(dashboard: dict[str, Any]) -> dict[str, str]:
+DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def min_interval_s(panel: dict[str, Any]) -> int:
+    """The panel's minimum interval ("Min interval" in its query options), in seconds."""
+    interval = panel.get("interval")
+    if not interval:
+        return 0
+    match = re.fullmatch(r"(\d+)([smhdw])", interval)
+    assert match, f"panel {panel['title']!r}: unsupported interval {interval!r}"
+    return int(match[1]) * DURATION_UNITS[match[2]]
+
+
+class Query:
+    """One SQL text of a dashboard with what Grafana does with its result."""
+
+    def __init__(self, sql: str, panel_type: str, result_format: int, min_interval_s: int = 0) -> None:
+        self.sql, self.panel_type, self.min_interval_s = sql, panel_type, min_interval_s
+        self.result_format = result_format  # the plugin's format: 0 time series, 1 table
+
+
+def clickhouse_queries(dashboard: dict[str, Any]) -> dict[str, Query]:
     """Every SQL text of the dashboard: panel targets and variable queries."""
-    queries: dict[str, str] = {}
+    queries: dict[str, Query] = {}
     for panel in panels_of(dashboard):
         for target in panel.get("targets", []):
-            queries[f"panel {panel['title']!r} {target['refId']}"] = target["rawSql"]
+            queries[f"panel {panel['title']!r} {target['refId']}"] = Query(
+                target["rawSql"], panel["type"], target["format"], min_interval_s(panel)
+            )
     for name, variable in variables_of(dashboard).items():
         if variable["type"] == "query":
-            queries[f"variable {name}"] = variable["query"]["rawSql"]
+            queries[f"variable {name}"] = Query(variable["query"]["rawSql"], "variable", 1)
     return queries
 
 
@@ -202,6 +237,90 @@ def test_the_expander_follows_the_plugin() -> None:
         expand("SELECT ${tenat:singlequote}")
 
 
+# -- what each panel type needs from its result ---------------------------------------
+
+Columns = list[tuple[str, str]]  # (name, ClickHouse type) of a result, in order
+
+
+def base_type(clickhouse_type: str) -> str:
+    while match := re.fullmatch(r"(?:Nullable|LowCardinality)\((.*)\)", clickhouse_type):
+        clickhouse_type = match[1]
+    return clickhouse_type
+
+
+def is_time(clickhouse_type: str) -> bool:
+    return re.match(r"(?:DateTime64|DateTime|Date32|Date)\b", base_type(clickhouse_type)) is not None
+
+
+def is_number(clickhouse_type: str) -> bool:
+    """Types the plugin hands Grafana as numbers (Decimal becomes float64 there)."""
+    return re.match(r"(?:U?Int\d+|Float\d+|Decimal)", base_type(clickhouse_type)) is not None
+
+
+def is_label(clickhouse_type: str) -> bool:
+    return re.match(r"(?:String|FixedString|Enum8|Enum16|UUID|Bool)\b", base_type(clickhouse_type)) is not None
+
+
+def column_problems(panel_type: str, result_format: int, columns: Columns) -> list[str]:
+    """Why Grafana could not draw `columns` in a panel of this type (nothing when it can).
+
+    Time series (the plugin's format 0): a time column first, then label columns (long
+    format, one series per label set) and at least one numeric column. Stat, gauge, bar
+    gauge and pie chart: at least one numeric column. Bar chart: a label or time column
+    and a numeric one. Table: any columns. A variable: its first column are the values.
+    """
+    if not columns:
+        return ["no columns"]
+    types = [kind for _, kind in columns]
+    numbers = [name for name, kind in columns if is_number(kind)]
+    if panel_type == "timeseries":
+        problems = []
+        if result_format != 0:
+            problems.append(f"format {result_format}, not 0 (time series)")
+        if not is_time(types[0]):
+            problems.append(f"first column {columns[0]} is not a time")
+        if not numbers:
+            problems.append("no numeric column")
+        problems += [
+            f"{name} ({kind}) is neither a label nor a number"
+            for name, kind in columns[1:]
+            if not (is_number(kind) or is_label(kind))
+        ]
+        return problems
+    if panel_type in {"stat", "gauge", "bargauge", "piechart"}:
+        return [] if numbers else ["no numeric column"]
+    if panel_type == "barchart":
+        has_axis = any(is_label(kind) or is_time(kind) for kind in types)
+        return [] if numbers and has_axis else ["a bar chart needs a label or time column and a numeric one"]
+    if panel_type in {"table", "variable"}:
+        return []
+    return [f"no rule for panel type {panel_type!r}: add one"]
+
+
+def test_the_column_rules_refuse_what_grafana_cannot_draw() -> None:
+    time, money, name = (
+        ("time", "DateTime('UTC')"),
+        ("spend_usd", "Decimal(38, 12)"),
+        ("provider", "LowCardinality(String)"),
+    )
+    assert column_problems("timeseries", 0, [time, name, money]) == []
+    assert column_problems("timeseries", 0, [("time", "Nullable(DateTime64(3, 'UTC'))"), ("events", "UInt64")]) == []
+    assert column_problems("timeseries", 0, [name, money]) == [f"first column {name} is not a time"]
+    assert column_problems("timeseries", 0, [time, name]) == ["no numeric column"]
+    assert column_problems("timeseries", 1, [time, money]) == ["format 1, not 0 (time series)"]
+    assert column_problems("timeseries", 0, [time, money, ("ids", "Array(String)")]) == [
+        "ids (Array(String)) is neither a label nor a number"
+    ]
+    assert column_problems("stat", 1, [("events", "UInt64")]) == []
+    assert column_problems("stat", 1, [("spend", "Nullable(Decimal(38, 12))")]) == []
+    assert column_problems("stat", 1, [name]) == ["no numeric column"]
+    assert column_problems("piechart", 1, [name, ("events", "Float64")]) == []
+    assert column_problems("gauge", 1, [time]) == ["no numeric column"]
+    assert column_problems("table", 1, [name]) == []
+    assert column_problems("table", 1, []) == ["no columns"]
+    assert column_problems("heatmap", 1, [time, money]) == ["no rule for panel type 'heatmap': add one"]
+
+
 # -- the dashboards' shape ----------------------------------------------------------
 
 
@@ -243,6 +362,12 @@ def test_clickhouse_targets_use_the_plugin_sql_query_format() -> None:
                 assert target["format"] == 0, panel["title"]
                 assert re.search(r"\bAS time,", target["rawSql"]), panel["title"]
                 assert "ORDER BY time" in target["rawSql"], panel["title"]
+                # bucketed by the dashboard's interval through the plugin's macro, never finer
+                # than the table they read (the panel's minimum interval says so to Grafana)
+                assert re.search(r"\$__timeInterval\((\w+)\) AS time,", target["rawSql"]), panel["title"]
+                assert "$__interval_s" not in target["rawSql"], panel["title"]
+                grain = ROLLUP_GRAIN_S.get(re.findall(r"\$\{database\}\.(\w+)", target["rawSql"])[-1], 0)
+                assert min_interval_s(panel) >= grain, panel["title"]
             else:
                 assert target["format"] == 1, panel["title"]
     assert {
@@ -361,9 +486,23 @@ def at(value: datetime) -> str:
     return value.replace(tzinfo=None).isoformat(sep=" ")
 
 
-def run(db: ClickHouse, sql: str, selection: Selection, interval_s: int = HOUR) -> list[tuple[Any, ...]]:
-    expand = Expander(START, END, interval_s, {"database": [db.database], **selection})
-    return db.query(expand(sql), label="test.dashboard")
+def expanded(db: ClickHouse, query: Query | str, selection: Selection, interval_s: int) -> str:
+    """The SQL Grafana sends: a panel's interval is never below its minimum interval."""
+    if isinstance(query, str):
+        query = Query(query, "table", 1)
+    expand = Expander(START, END, max(interval_s, query.min_interval_s), {"database": [db.database], **selection})
+    return expand(query.sql)
+
+
+def run(db: ClickHouse, query: Query | str, selection: Selection, interval_s: int = HOUR) -> list[tuple[Any, ...]]:
+    return db.query(expanded(db, query, selection, interval_s), label="test.dashboard")
+
+
+def run_panel(db: ClickHouse, title: str, selection: Selection, interval_s: int = HOUR) -> list[tuple[Any, ...]]:
+    [query] = [
+        q for where, q in clickhouse_queries(clickhouse_dashboard()).items() if where.startswith(f"panel {title!r}")
+    ]
+    return run(db, query, selection, interval_s)
 
 
 def test_every_clickhouse_query_runs_and_finds_the_ingested_data(loaded: ClickHouse) -> None:
@@ -378,8 +517,8 @@ def test_every_clickhouse_query_runs_and_finds_the_ingested_data(loaded: ClickHo
     ]
     for selection in selections:
         for interval_s in (60, HOUR, 86400):
-            for where, sql in queries.items():
-                rows = run(loaded, sql, selection, interval_s)
+            for where, query in queries.items():
+                rows = run(loaded, query, selection, interval_s)
                 if selection is EVERYTHING:
                     assert rows, f"{where} found nothing"
 
@@ -388,9 +527,36 @@ def test_every_clickhouse_query_runs_and_finds_the_ingested_data(loaded: ClickHo
     assert run(loaded, queries["variable provider"], EVERYTHING) == [("bedrock",), ("gemini",), ("openai",)]
 
 
+def result_columns(db: ClickHouse, sql: str) -> tuple[Columns, list[tuple[Any, ...]]]:
+    """The names and ClickHouse types of a result's columns, and its rows."""
+    with db.client() as client:
+        result = client.query(sql)
+        columns = list(zip(result.column_names, [kind.name for kind in result.column_types], strict=True))
+        return columns, [tuple(row) for row in result.result_rows]
+
+
+def test_every_panel_returns_the_columns_its_type_needs(loaded: ClickHouse) -> None:
+    dashboard = clickhouse_dashboard()
+    queries = clickhouse_queries(dashboard)
+    kinds = {query.panel_type for query in queries.values()}
+    assert {"timeseries", "stat", "table", "variable"} <= kinds
+    for interval_s in (60, HOUR, 86400):
+        for where, query in queries.items():
+            columns, rows = result_columns(loaded, expanded(loaded, query, EVERYTHING, interval_s))
+            assert rows, f"{where} found nothing"
+            problems = column_problems(query.panel_type, query.result_format, columns)
+            assert not problems, f"{where} ({query.panel_type}) at {interval_s}s: {problems}; columns {columns}"
+            if query.panel_type == "timeseries":
+                # the time column holds the buckets, ascending, at the panel's interval
+                times = [row[0] for row in rows]
+                assert times == sorted(times), where
+                step = max(interval_s, query.min_interval_s)
+                assert all(int(value.replace(tzinfo=UTC).timestamp()) % step == 0 for value in times), where
+
+
 def spend_by(db: ClickHouse, title: str, selection: Selection, interval_s: int = HOUR) -> dict[str, Decimal]:
     totals: dict[str, Decimal] = defaultdict(Decimal)
-    for _, key, spend in run(db, panel_sql(clickhouse_dashboard(), title), selection, interval_s):
+    for _, key, spend in run_panel(db, title, selection, interval_s):
         assert isinstance(spend, Decimal)  # money stays exact up to Grafana
         totals[key] += spend
     return dict(totals)
@@ -428,8 +594,8 @@ def test_spend_panels_show_the_exact_cost_of_the_ingested_events(loaded: ClickHo
     assert spend_by(loaded, "Spend by provider", {"tenant": ALL, "service": ALL, "provider": ["bedrock"]}) == {
         "bedrock": Decimal("2.25")
     }
-    # buckets are hours (never finer) at the bucket's start
-    rows = run(loaded, panel_sql(clickhouse_dashboard(), "Spend by provider"), EVERYTHING, interval_s=60)
+    # buckets are hours (the panel's minimum interval; never finer) at the bucket's start
+    rows = run_panel(loaded, "Spend by provider", EVERYTHING, interval_s=60)
     assert [(at(time), provider, spend) for time, provider, spend in rows] == [
         ("2026-03-10 10:00:00", "gemini", Decimal("0.5")),
         ("2026-03-10 10:00:00", "openai", Decimal("1.250000000001")),
