@@ -22,12 +22,14 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from decimal import ROUND_CEILING, ROUND_HALF_EVEN, Decimal
+from decimal import ROUND_CEILING, ROUND_FLOOR, ROUND_HALF_EVEN, Decimal
+from functools import lru_cache
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -141,30 +143,115 @@ def alert_id(budget: Budget, window: Window, percent: int, kind: str, learner: s
     return "alt_" + hashlib.sha256(parts.encode()).hexdigest()[:24]
 
 
-def learner_floor(
-    budgets: Sequence[Budget], window: Window, now: datetime
-) -> tuple[Decimal | None, Decimal | None, Decimal, Decimal]:
-    """For per-learner budgets: (least actual, least forecast, a, b). A learner can
-    cross no threshold of any of them unless spend >= least actual, or
-    a * spend + b * recent >= least forecast.
+HUGE = Decimal("1" + "0" * 25)  # above any spend: a scope with no threshold of that kind
 
-    `a * spend + b * recent` is the forecast (see `forecast`) with a and b rounded
-    up, so the filter only ever lets through more learners than cross; the exact
-    check happens afterwards in Decimal.
-    """
-    ready = forecast_ready(window, now)
 
-    def least(kind: str) -> Decimal | None:
-        amounts = [Decimal(b.limit_usd) * t.percent / 100 for b in budgets for t in b.thresholds if t.kind == kind]
-        return min(amounts) if amounts else None
+@dataclass(frozen=True)
+class Floor:
+    """What a scope must reach before any threshold of its budgets can cross:
+    spend >= actual, or a * spend + b * recent >= projected (forecast thresholds)."""
 
+    actual: Decimal
+    projected: Decimal
+
+
+def least_amounts(budgets: Sequence[Budget], ready: bool) -> Floor:
+    """The least threshold amount of each kind over `budgets`, rounded down to the
+    12 decimals ClickHouse compares at (so the filter never drops a crossing)."""
+    actual = projected = HUGE
+    for budget in budgets:
+        limit = decimal_of(budget.limit_usd)
+        for threshold in budget.thresholds:
+            amount = (limit * threshold.percent / 100).quantize(TWELVE, rounding=ROUND_FLOOR)
+            if threshold.kind == "actual":
+                actual = min(actual, amount)
+            elif ready:
+                projected = min(projected, amount)
+    # the forecast is rounded half-even to 12 decimals: allow for half a unit
+    return Floor(actual, projected - TWELVE if projected < HUGE else HUGE)
+
+
+@lru_cache(maxsize=256)
+def forecast_factors(window: Window, now: datetime) -> tuple[Decimal, Decimal]:
+    """(a, b) with a * spend + b * recent >= the forecast (see `forecast`): a and b
+    are rounded up, so the filter only ever lets through more scopes than cross."""
     elapsed = Decimal(max((now - window.start).total_seconds(), 1))
     remaining = Decimal(max((window.end - now).total_seconds(), 0))
     span = Decimal(max((now - recent_start(window, now)).total_seconds(), 1))
     up = Decimal("0.000000001")
     a = (1 + remaining / (2 * elapsed)).quantize(up, rounding=ROUND_CEILING)
     b = (remaining / (2 * span)).quantize(up, rounding=ROUND_CEILING)
-    return least("actual"), least("forecast") if ready else None, a, b
+    return a, b
+
+
+@lru_cache(maxsize=65536)
+def decimal_of(text: str) -> Decimal:
+    return Decimal(text)
+
+
+def _key_sql(columns: Sequence[str]) -> str:
+    """An unambiguous string of some columns' values: each as its byte length, ':', the value."""
+    if not columns:
+        return "''"
+    return "concat(" + ", ".join(f"toString(length({c})), ':', {c}" for c in columns) + ")"
+
+
+def _key(values: Sequence[str]) -> str:
+    return "".join(f"{len(v.encode())}:{v}" for v in values)
+
+
+def _named(budget: Budget) -> tuple[str, ...]:
+    """The scope fields a budget names: how its floor is looked up per row."""
+    return tuple(c for c in ("tenant_id", "service", "learner_id") if getattr(budget.scope, c))
+
+
+def crossing_having(window: Window, budgets: Sequence[Budget], now: datetime, params: dict[str, Any]) -> str:
+    """A HAVING clause keeping only the rows that may cross a threshold of a budget they belong to.
+
+    For per-learner budgets each row's floor is the least over the budgets that match
+    it (budgets grouped by the scope fields they name; each one's floors looked up by
+    the row's values of those fields). Rows of other budgets (one row each) are kept
+    by key, and checked against their floor in Python (`Floor`). The exact check
+    happens afterwards in Decimal."""
+    ready = forecast_ready(window, now)
+    by_fields: dict[tuple[str, ...], dict[str, list[Budget]]] = defaultdict(lambda: defaultdict(list))
+    whole: set[str] = set()
+    whole_fields: tuple[str, ...] = ()
+    for budget in budgets:
+        fields = _named(budget)
+        key = _key([getattr(budget.scope, c) for c in fields])
+        if per_learner(budget):
+            by_fields[fields][key].append(budget)
+        else:
+            whole.add(key)
+            whole_fields = fields  # the group's columns: the same for each of them
+    conditions: list[str] = []
+    if by_fields:
+        actual_terms: list[str] = []
+        projected_terms: list[str] = []
+        for index, (fields, members) in enumerate(by_fields.items()):
+            keys = list(members)
+            floors = [least_amounts(members[k], ready) for k in keys]
+            params[f"fk{index}"] = keys
+            params[f"fa{index}"] = [HUGE, *(f.actual for f in floors)]
+            position = f"indexOf({{fk{index}:Array(String)}}, {_key_sql(fields)}) + 1"
+            actual_terms.append(f"{{fa{index}:Array(Decimal(38, 12))}}[{position}]")
+            if ready:
+                params[f"fp{index}"] = [HUGE, *(f.projected for f in floors)]
+                projected_terms.append(f"{{fp{index}:Array(Decimal(38, 12))}}[{position}]")
+        params["huge"] = HUGE
+        conditions.append(f"sum(cost_usd) >= least({', '.join(actual_terms)}, {{huge:Decimal(38, 12)}})")
+        if projected_terms:
+            a, b = forecast_factors(window, now)
+            params.update({"a": a, "b": b})
+            conditions.append(
+                "sum(cost_usd) * {a:Decimal(18, 9)} + sumIf(cost_usd, t >= {recent:DateTime64(3, 'UTC')})"
+                f" * {{b:Decimal(18, 9)}} >= least({', '.join(projected_terms)}, {{huge:Decimal(38, 12)}})"
+            )
+    if whole:
+        params["whole"] = sorted(whole)
+        conditions.append(f"{_key_sql(whole_fields)} IN {{whole:Array(String)}}")
+    return " OR ".join(conditions) or "1"
 
 
 def measure_group(
@@ -175,20 +262,25 @@ def measure_group(
     now: datetime,
     *,
     crossing_only: bool = False,
+    learners: Collection[str] | None = None,
 ) -> Measured:
     """Spend so far (and in the recent window) for every scope in the group, in one query.
 
-    With `crossing_only`, a per-learner group returns only the learners that may
-    cross a threshold (`learner_floor`): with many learners almost all are
-    below every threshold, and moving them into Python would dominate the pass.
+    With `crossing_only`, only the scopes that may cross a threshold come back
+    (`crossing_having`): almost every learner, and most budgets, are below every
+    threshold, and moving them into Python would dominate the pass. `learners`
+    limits a per-learner group to those learner ids (what ingest touched).
     """
-    values: dict[str, list[str]] = defaultdict(list)
-    for budget in budgets:
-        for column in ("tenant_id", "service", "learner_id"):
-            value = getattr(budget.scope, column)
-            if value:
-                values[column].append(value)
-    filters = CostFilter(TenantScope(None), window.start, min(window.end, now + timedelta(hours=1)), dict(values))
+    values: dict[str, list[str]] = {}
+    for column in ("tenant_id", "service", "learner_id"):
+        # a column filters the group only when every budget of it names one: a global
+        # per-learner budget must not be narrowed to the tenant of another in its group
+        named = [getattr(b.scope, column) for b in budgets]
+        if named and all(named):
+            values[column] = sorted(set(named))
+    if learners is not None:
+        values["learner_id"] = sorted(learners)
+    filters = CostFilter(TenantScope(None), window.start, min(window.end, now + timedelta(hours=1)), values)
     segments = plan(filters.start, filters.end, "none", "UTC")
     if not segments:
         return Measured()
@@ -197,19 +289,8 @@ def measure_group(
     sql = f"SELECT {select} FROM ({union_sql(segments, columns, filters, params)})"
     if columns:
         sql += f" GROUP BY {', '.join(columns)}"
-    if crossing_only and "learner_id" in columns and budgets and all(per_learner(b) for b in budgets):
-        actual, projected, a, b = learner_floor(budgets, window, now)
-        conditions = []
-        if actual is not None:
-            conditions.append("sum(cost_usd) >= {actual:Decimal(38, 12)}")
-            params["actual"] = actual
-        if projected is not None:
-            conditions.append(
-                "sum(cost_usd) * {a:Decimal(18, 9)} + sumIf(cost_usd, t >= {recent:DateTime64(3, 'UTC')})"
-                " * {b:Decimal(18, 9)} >= {projected:Decimal(38, 12)}"
-            )
-            params.update({"projected": projected, "a": a, "b": b})
-        sql += " HAVING " + (" OR ".join(conditions) or "0")
+        if crossing_only and any(per_learner(b) for b in budgets):
+            sql += " HAVING " + crossing_having(window, budgets, now, params)
     result = Measured()
     width = len(columns)
     for row in db.query(sql, params, label="budgets.measure"):
@@ -231,58 +312,146 @@ class Evaluation:
 
     @property
     def limit(self) -> Decimal:
-        return Decimal(self.budget.limit_usd)
+        return decimal_of(self.budget.limit_usd)
 
     def crossed(self) -> list[tuple[int, str]]:
         out: list[tuple[int, str]] = []
+        limit = self.limit
         for threshold in self.budget.thresholds:
             if threshold.kind == "forecast" and not self.forecast_ready:
                 continue
             amount = self.spend if threshold.kind == "actual" else self.forecast
-            if amount * 100 >= self.limit * threshold.percent:
+            if amount * 100 >= limit * threshold.percent:
                 out.append((threshold.percent, threshold.kind))
         return out
 
 
-def evaluate(
-    db: ClickHouse, budgets: Sequence[Budget], now: datetime, *, crossing_only: bool = False
-) -> tuple[list[Evaluation], int, set[str]]:
-    """Spend and forecast for each enabled budget in force at `now`.
+@dataclass
+class Coverage:
+    """What a pass evaluated, so it resolves or re-activates only those alerts: every
+    budget (a full pass), or some budgets whole and per-learner budgets for some
+    (tenant, learner) pairs only (a pass narrowed to what ingest touched)."""
 
-    With `crossing_only`, per-learner budgets yield only learners that may cross
-    a threshold (the pass); without it, every learner (status).
-    Returns (evaluations, queries run, ids of budgets whose group failed). A
-    group that fails (ClickHouse refused it) is logged and skipped; the others
-    are still evaluated.
-    """
-    groups: dict[tuple[tuple[str, ...], bool, Window], list[Budget]] = defaultdict(list)
+    everything: bool = True
+    whole: set[str] = field(default_factory=set)
+    learners: dict[str, set[tuple[str, str]]] = field(default_factory=dict)
+    failed: set[str] = field(default_factory=set)
+
+    def covers(self, budget_id: str, tenant: str, learner: str) -> bool:
+        if budget_id in self.failed:
+            return False
+        if self.everything or budget_id in self.whole:
+            return True
+        pairs = self.learners.get(budget_id)
+        return pairs is not None and (tenant, learner) in pairs
+
+    def budget_ids(self) -> set[str]:
+        return (self.whole | set(self.learners)) - self.failed
+
+
+@dataclass
+class Group:
+    """Budgets measured by one query: same rollup columns and window. Per-learner budgets and
+    single-learner budgets of the same tenant (and service) and window share one."""
+
+    columns: tuple[str, ...]
+    window: Window
+    members: list[Budget] = field(default_factory=list)
+    learners: set[str] | None = None  # a narrowed pass's per-learner budgets: only these learners
+
+    @property
+    def per_learner(self) -> bool:
+        return any(per_learner(b) for b in self.members)
+
+
+def plan_groups(budgets: Sequence[Budget], now: datetime, touched: Touched | None) -> tuple[list[Group], Coverage]:
+    """The enabled budgets in force at `now`, grouped by rollup columns and window; with
+    `touched`, only those that what ingest wrote may have changed (and per-learner budgets
+    only for the learners written to)."""
+    groups: dict[tuple[tuple[str, ...], Window], Group] = {}
+    coverage = Coverage(everything=touched is None)
     for budget in budgets:
         if not budget.enabled:
             continue
         window = budget_window(budget, now)
-        if window is not None:
-            groups[(group_columns(budget), per_learner(budget), window)].append(budget)
+        if window is None:
+            continue
+        learners: set[str] | None = None
+        if touched is not None:
+            if per_learner(budget):
+                pairs = touched.learners(budget)
+                if not pairs:
+                    continue
+                coverage.learners[budget.budget_id] = pairs
+                learners = {learner for _, learner in pairs}
+            elif touched.matches(budget):
+                coverage.whole.add(budget.budget_id)
+            else:
+                continue
+        key = (group_columns(budget), window)
+        group = groups.get(key)
+        if group is None:
+            group = groups[key] = Group(key[0], window)
+        group.members.append(budget)
+        if learners is not None:
+            group.learners = (group.learners or set()) | learners
+    for group in groups.values():
+        if group.learners is not None:  # the group's single-learner budgets need their learners too
+            group.learners |= {b.scope.learner_id for b in group.members if b.scope.learner_id}
+    return list(groups.values()), coverage
+
+
+def _budget_key(budget: Budget) -> tuple[str | None, str | None]:
+    return (budget.scope.tenant_id or None, budget.scope.service or None)
+
+
+def may_cross(budget: Budget, spend: Spend, window: Window, now: datetime, ready: bool) -> bool:
+    """A cheap over-approximation (see `Floor`): False only when no threshold can cross."""
+    floor = least_amounts([budget], ready)
+    if spend.total >= floor.actual:
+        return True
+    if floor.projected >= HUGE:
+        return False
+    a, b = forecast_factors(window, now)
+    return spend.total * a + spend.recent * b >= floor.projected
+
+
+def evaluate_groups(
+    db: ClickHouse, groups: Sequence[Group], now: datetime, *, crossing_only: bool = False
+) -> tuple[list[Evaluation], set[str]]:
+    """Measure each group (one query) and make its evaluations; a group that fails (ClickHouse
+    refused it) is logged and skipped, and its budgets' ids returned. With `crossing_only`,
+    only the evaluations that may cross a threshold."""
     evaluations: list[Evaluation] = []
     failed: set[str] = set()
-    for (columns, learners, window), members in groups.items():
+    for group in groups:
+        window, members = group.window, group.members
         try:
-            measured = measure_group(db, columns, window, members, now, crossing_only=crossing_only)
+            measured = measure_group(
+                db, group.columns, window, members, now, crossing_only=crossing_only, learners=group.learners
+            )
         except StorageUnavailable:
             log.exception("budget evaluation failed for %d budgets; the others go on", len(members))
             failed.update(b.budget_id for b in members)
             continue
         ready = forecast_ready(window, now)
-        by_scope: dict[tuple[str, ...], list[tuple[tuple[str, ...], Spend]]] = defaultdict(list)
-        if learners:  # rows keyed (tenant_id, [service,] learner_id), bucketed by what a budget may name
+        templates = [b for b in members if per_learner(b)]
+        if templates:
+            # rows keyed (tenant_id, [service,] learner_id), bucketed by the (tenant, service) a budget may name
+            by_scope: dict[tuple[str | None, str | None], list[tuple[tuple[str, ...], Spend]]] = defaultdict(list)
             for row_key, spend in measured.rows.items():
-                if row_key[-1]:
-                    by_scope[()].append((row_key, spend))
-                    by_scope[row_key[:1]].append((row_key, spend))
-                    if len(row_key) == 3:
-                        by_scope[row_key[:2]].append((row_key, spend))
-        for budget in members:
-            if learners:
-                for row_key, spend in by_scope.get(scope_key(budget), []):
+                if not row_key[-1]:
+                    continue
+                tenant = row_key[0]
+                service = row_key[1] if len(row_key) == 3 else None
+                entry = (row_key, spend)
+                by_scope[(None, None)].append(entry)
+                by_scope[(tenant, None)].append(entry)
+                if service is not None:
+                    by_scope[(None, service)].append(entry)
+                    by_scope[(tenant, service)].append(entry)
+            for budget in templates:
+                for row_key, spend in by_scope.get(_budget_key(budget), []):
                     evaluations.append(
                         Evaluation(
                             budget,
@@ -294,11 +463,35 @@ def evaluate(
                             forecast_ready=ready,
                         )
                     )
-            else:
-                spend = measured.rows.get(scope_key(budget), Spend())
-                evaluations.append(
-                    Evaluation(budget, window, "", spend.total, forecast(spend, window, now), forecast_ready=ready)
-                )
+        for budget in members:
+            if per_learner(budget):
+                continue
+            found = measured.rows.get(scope_key(budget))
+            if crossing_only and (found is None or not may_cross(budget, found, window, now, ready)):
+                continue  # below every threshold (or no spend): nothing crosses
+            spend = found or Spend()
+            evaluations.append(
+                Evaluation(budget, window, "", spend.total, forecast(spend, window, now), forecast_ready=ready)
+            )
+    return evaluations, failed
+
+
+def evaluate(
+    db: ClickHouse,
+    budgets: Sequence[Budget],
+    now: datetime,
+    *,
+    crossing_only: bool = False,
+    touched: Touched | None = None,
+) -> tuple[list[Evaluation], int, set[str]]:
+    """Spend and forecast for each enabled budget in force at `now`.
+
+    With `crossing_only`, only budgets (and learners of per-learner budgets) that may
+    cross a threshold are returned (the pass); without it, every one (status).
+    Returns (evaluations, queries run, ids of budgets whose group failed).
+    """
+    groups, _ = plan_groups(budgets, now, touched)
+    evaluations, failed = evaluate_groups(db, groups, now, crossing_only=crossing_only)
     return evaluations, len(groups), failed
 
 
@@ -328,53 +521,144 @@ def alert_row(evaluation: Evaluation, percent: int, kind: str, now: datetime, st
     ]
 
 
+# -- the budget list, cached between passes ----------------------------------------------
+
+FINGERPRINT_SQL = (
+    "SELECT count(), sum(cityHash64(budget_id, v)), max(u) FROM "
+    "(SELECT budget_id, max(version) AS v, max(updated_at) AS u FROM budgets GROUP BY budget_id)"
+)
+
+
+@dataclass
+class _Loaded:
+    fingerprint: tuple[Any, ...]
+    budgets: list[Budget]
+    evaluated: tuple[Any, ...] | None = None  # the fingerprint of the last full pass
+
+
+_loaded: dict[tuple[str, str], _Loaded] = {}
+_loaded_lock = threading.Lock()
+
+
+def load_budgets(db: ClickHouse) -> tuple[list[Budget], tuple[Any, ...], bool]:
+    """Every budget (FINAL), reused while the budgets table is unchanged: a cheap
+    fingerprint (each budget's latest version and update time) decides. Returns
+    (budgets, fingerprint, whether a full pass has evaluated exactly these budgets)."""
+    key = (db.url, db.database)
+    fingerprint = tuple(db.query(FINGERPRINT_SQL, label="budgets.fingerprint")[0])
+    with _loaded_lock:
+        cached = _loaded.get(key)
+    if cached is not None and cached.fingerprint == fingerprint:
+        return cached.budgets, fingerprint, cached.evaluated == fingerprint
+    budgets = BudgetStore(db).find(tenant_visible=None, filters={})
+    with _loaded_lock:
+        if len(_loaded) >= 16 and key not in _loaded:
+            _loaded.pop(next(iter(_loaded)))
+        _loaded[key] = _Loaded(fingerprint, budgets)
+    return budgets, fingerprint, False
+
+
+def _evaluated_all(db: ClickHouse, fingerprint: tuple[Any, ...]) -> None:
+    with _loaded_lock:
+        cached = _loaded.get((db.url, db.database))
+        if cached is not None and cached.fingerprint == fingerprint:
+            cached.evaluated = fingerprint
+
+
+# -- the pass ------------------------------------------------------------------------------
+
+STATE_COLUMNS = ("alert_id", "budget_id", "tenant_id", "learner_id", "state")
+
+
 def evaluate_budgets(
     db: ClickHouse,
     now: datetime | None = None,
     on_loaded: Callable[[list[Budget]], None] | None = None,
-    touched: Touched | None = None,  # noqa: ARG001 (narrowing comes next)
+    touched: Touched | None = None,
+    timings: dict[str, float] | None = None,
 ) -> tuple[EvaluationRun, list[str]]:
     """One pass: fire new alerts, resolve stale ones. Returns the run and the new alert ids.
 
     `touched` (from `BudgetWatch.drain`) limits the pass to the budgets whose scopes recent
-    writes touched; None evaluates every budget."""
+    writes touched (and per-learner budgets to the learners written to); it resolves or
+    re-activates only those budgets' (learners') alerts. None evaluates every budget; so
+    does a pass that finds the budgets changed since the last full one. `timings`, when
+    given, receives the seconds each step took."""
     started = time.perf_counter()
+    clock = [started]
+
+    def step(name: str) -> None:
+        if timings is not None:
+            moment = time.perf_counter()
+            timings[name] = timings.get(name, 0.0) + moment - clock[0]
+            clock[0] = moment
+
     now = now or datetime.now(UTC)
     store = BudgetStore(db)
-    budgets = store.find(tenant_visible=None, filters={})
+    budgets, fingerprint, evaluated = load_budgets(db)
     if on_loaded is not None:
         on_loaded(budgets)
-    evaluations, queries, failed = evaluate(db, budgets, now, crossing_only=True)
-    crossing: dict[str, list[Any]] = {}
+    if touched is not None and not evaluated:
+        touched = None  # budgets changed since the last full pass: evaluate every one
+    step("load")
+    groups, coverage = plan_groups(budgets, now, touched)
+    evaluations, failed = evaluate_groups(db, groups, now, crossing_only=True)
+    coverage.failed = failed
+    step("evaluate")
+    crossing: dict[str, tuple[Evaluation, int, str]] = {}
     for evaluation in evaluations:
         for percent, kind in evaluation.crossed():
-            row = alert_row(evaluation, percent, kind, now)
-            crossing[row[0]] = row
-    existing = {
-        row["alert_id"]: row
-        for row in store.alert_rows("period_end > {now:DateTime64(3, 'UTC')}", {"now": now}, label="alerts.current")
-    }
-    fresh = [row for key, row in crossing.items() if key not in existing]
-    changes = list(fresh)
-    index = {name: i for i, name in enumerate(ALERT_COLUMNS)}
-    resolved = 0
-    for key, stored in existing.items():
-        if stored["budget_id"] in failed:
+            identifier = alert_id(evaluation.budget, evaluation.window, percent, kind, evaluation.learner)
+            crossing[identifier] = (evaluation, percent, kind)
+    step("crossed")
+    where = "period_end > {now:DateTime64(3, 'UTC')}"
+    params: dict[str, Any] = {"now": now}
+    if not coverage.everything:
+        where += " AND budget_id IN {ids:Array(String)}"
+        params["ids"] = sorted(coverage.budget_ids())
+    existing: dict[str, tuple[Any, ...]] = {}
+    if coverage.everything or params["ids"]:
+        existing = {
+            row[0]: row
+            for row in db.query(
+                f"SELECT {', '.join(STATE_COLUMNS)} FROM budget_alerts FINAL WHERE {where}",
+                params,
+                label="alerts.current",
+            )
+        }
+    step("existing")
+    fresh = [alert_row(*crossing[key], now) for key in crossing if key not in existing]
+    flips: dict[str, str] = {}
+    for key, (_, budget_id, tenant, learner, state) in existing.items():
+        if not coverage.covers(budget_id, tenant, learner):
             continue  # not evaluated this pass: leave its alerts as they are
         wanted = "active" if key in crossing else "resolved"
-        if stored["state"] != wanted:
+        if state != wanted:
+            flips[key] = wanted
+    changes = list(fresh)
+    resolved = sum(1 for wanted in flips.values() if wanted == "resolved")
+    if flips:
+        for stored in store.alert_rows(
+            "alert_id IN {flips:Array(String)}", {"flips": sorted(flips)}, label="alerts.flip"
+        ):
             updated = [stored[name] for name in ALERT_COLUMNS]
-            updated[index["state"]] = wanted
-            updated[index["updated_at"]] = now
-            updated[index["version"]] = int(stored["version"]) + 1
+            updated[ALERT_INDEX["state"]] = flips[stored["alert_id"]]
+            updated[ALERT_INDEX["updated_at"]] = now
+            updated[ALERT_INDEX["version"]] = int(stored["version"]) + 1
             changes.append(updated)
-            resolved += wanted == "resolved"
+    step("diff")
     store.write_alerts(changes)
+    step("write")
+    if coverage.everything:
+        _evaluated_all(db, fingerprint)
     run = EvaluationRun(
         budgets=len(budgets),
-        queries=queries,
+        queries=len(groups),
         fired=len(fresh),
         resolved=resolved,
         seconds=round(time.perf_counter() - started, 4),
     )
     return run, [row[0] for row in fresh]
+
+
+ALERT_INDEX = {name: i for i, name in enumerate(ALERT_COLUMNS)}
