@@ -23,6 +23,7 @@ from redis.asyncio import Redis
 from service.alerts.controller import AlertTestIn, send_test_alert
 from service.alerts.delivery import LocalDelivery
 from service.alerts.senders import Senders
+from service.audit import list_audit_events
 from service.auth.guards import BearerTokenMiddleware
 from service.auth.tokens import TokenVerifier
 from service.budgets.controller import AlertController, BudgetController, evaluate_now
@@ -31,15 +32,17 @@ from service.budgets.schemas import BudgetIn
 from service.budgets.service import BudgetService
 from service.budgets.store import BudgetStore
 from service.budgets.watch import BudgetWatch
+from service.business_metrics import refresh as refresh_business_metrics
 from service.costs.controller import CostController, refresh_summaries
 from service.costs.query import CostQueries
 from service.costs.service import CostService
 from service.costs.summaries import refresh_cost_summaries
 from service.errors import DomainError, error_body, error_headers
-from service.health.controller import health
+from service.health.controller import HealthProbe, health, health_live, health_ready
 from service.jobs import JobRunner
 from service.metrics import metrics
 from service.openapi import component_schemas
+from service.operations import Operations, RateLimits
 from service.pricing.calculator import PriceBook
 from service.pricing.catalog import read_prices, sync_bundled_catalog
 from service.queue import ArqJobs, Jobs
@@ -111,6 +114,7 @@ class AppComponents:
         self.jobs = jobs
         self.watch = watch
         self.senders = senders
+        self.probe: HealthProbe | None = None
         self.budgets = BudgetService(BudgetStore(db), settings.alerts)
         self.pricing = pricing
         self.buffer = buffer
@@ -184,6 +188,11 @@ def create_app(
     def provide_senders() -> Senders:
         return wired[0].senders
 
+    def provide_probe() -> HealthProbe:
+        probe = wired[0].probe
+        assert probe is not None
+        return probe
+
     @asynccontextmanager
     async def lifespan(_: Litestar) -> AsyncIterator[None]:
         database = db if db is not None else await anyio.to_thread.run_sync(open_database, settings)
@@ -236,12 +245,20 @@ def create_app(
                     ),
                 )
                 jobs = local
+            if settings.prometheus_metrics_enabled:  # every replica reads the same figures
+                local.every(
+                    "business_metrics",
+                    settings.operations.metrics_refresh_interval_s,
+                    lambda: refresh_business_metrics(database, settings.operations),
+                )
             redis = Redis.from_url(settings.redis_url) if settings.redis_url else None
             shared = SharedClaims(redis) if redis is not None else None
             buffer = GroupCommitBuffer(database, settings.ingest, on_written=watch.notify, shared=shared)
             buffer.start()
             local.start()
-            wired.append(AppComponents(database, PricingState(book), buffer, jobs, watch, settings, senders))
+            components = AppComponents(database, PricingState(book), buffer, jobs, watch, settings, senders)
+            components.probe = HealthProbe(database, redis, local, embedded=not settings.redis_url)
+            wired.append(components)
             log.info("finops-svc ready: %d prices loaded, ClickHouse at %s", len(book), _safe_url(database.url))
             try:
                 yield
@@ -266,7 +283,10 @@ def create_app(
         AlertController,
         evaluate_now,
         send_test_alert,
+        list_audit_events,
         health,
+        health_ready,
+        health_live,
     ]
     if settings.prometheus_metrics_enabled:
         handlers.append(metrics)
@@ -283,6 +303,7 @@ def create_app(
             "watch": Provide(provide_watch, sync_to_thread=False),
             "queries": Provide(provide_cost_queries, sync_to_thread=False),
             "senders": Provide(provide_senders, sync_to_thread=False),
+            "probe": Provide(provide_probe, sync_to_thread=False),
         },
         middleware=[DefineMiddleware(BearerTokenMiddleware, verifier=verifier, exclude=PUBLIC_PATHS)],
         exception_handlers={DomainError: handle_domain_error, HTTPException: handle_http_exception},
@@ -312,9 +333,10 @@ def create_app(
         openapi.components.schemas = {}
     openapi.components.schemas.update(component_schemas(UsageEventIn, UsageBatchDoc, BudgetIn, AlertTestIn))  # type: ignore[arg-type]
     openapi.paths["/usage-events"].post = record_operation(WRITE_AUTH)  # type: ignore[index]
-    return UsageEventFastPath(  # type: ignore[return-value]
-        app, verifier, lambda: wired[0].ingestor, max_body_bytes=MAX_BODY_BYTES
-    )
+    fast = UsageEventFastPath(app, verifier, lambda: wired[0].ingestor, max_body_bytes=MAX_BODY_BYTES)
+    operations = settings.operations
+    limits = RateLimits(operations, settings.redis_url) if operations.rate_limits_enabled else None
+    return Operations(fast, verifier, operations, limits)  # type: ignore[return-value]
 
 
 def _safe_url(url: str) -> str:

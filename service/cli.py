@@ -17,6 +17,7 @@ from tqdm import tqdm
 from service.auth.principal import Principal, Role
 from service.auth.tokens import DEVELOPMENT_SECRET, issue_token
 from service.errors import DataPathInUse, DomainError, StorageUnavailable
+from service.logs import configure_logging
 from service.settings import Settings, SettingsError, get_settings
 from service.storage.clickhouse import embedded_path
 from service.usage.schemas import UsageEventIn
@@ -26,14 +27,6 @@ log = logging.getLogger("finops")
 
 class CommandError(Exception):
     """A failure the CLI reports in one line and exit code 1."""
-
-
-def configure_logging(level: str = "INFO") -> None:
-    logging.basicConfig(
-        level=level,
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-        stream=sys.stderr,
-    )
 
 
 def with_jwt_secret(settings: Settings) -> Settings:
@@ -86,7 +79,7 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
         raise CommandError("migrations are pending: run `finops migrate` (or serve without --no-migrate)")
     app = create_app(settings, db=db, apply_migrations=not args.no_migrate)
     log.info("serving on http://%s:%d (docs at /docs)", host, port)
-    uvicorn.run(app, host=host, port=port, log_level="info", access_log=False)
+    uvicorn.run(app, host=host, port=port, log_level="info", access_log=False, log_config=None)
     return 0
 
 
@@ -126,6 +119,11 @@ def cmd_worker(_: argparse.Namespace, settings: Settings) -> int:
             exc.detail + ". Workers beside an API need a ClickHouse server (CLICKHOUSE_URL=http://...)"
         ) from exc
     log.info("arq worker on %s", settings.redis_url.split("@")[-1])
+    if settings.operations.worker_metrics_port:
+        from prometheus_client import start_http_server
+
+        start_http_server(settings.operations.worker_metrics_port)
+        log.info("worker metrics on :%d/metrics", settings.operations.worker_metrics_port)
     try:
         build_worker(settings, db=db).run()
     finally:
@@ -286,9 +284,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    configure_logging()
     try:
         settings = get_settings()
+        configure_logging(settings.operations.log_level, settings.operations.log_format)
         return int(args.handler(args, settings))
     except (CommandError, SettingsError) as exc:
         print(f"finops {args.command}: {exc}", file=sys.stderr)

@@ -56,6 +56,10 @@ class JobRunner:
         self._tasks = []
         self._triggered.clear()
 
+    def alive(self) -> bool:
+        """Whether every scheduled job's loop is still running."""
+        return bool(self._tasks) and not any(task.done() for task in self._tasks)
+
     def trigger(self, name: str, delay_s: float) -> None:
         """Run a job soon, once for any number of triggers within `delay_s` (call on the event loop).
 

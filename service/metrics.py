@@ -14,6 +14,16 @@ CLICKHOUSE_QUERY_SECONDS = Histogram(
 CLICKHOUSE_ERRORS = Counter(
     "finops_clickhouse_errors_total", "ClickHouse calls that raised, by query label.", ["label"]
 )
+HTTP_REQUESTS = Counter(
+    "finops_http_requests_total", "HTTP requests by route template, method and status.", ["route", "method", "status"]
+)
+HTTP_REQUEST_SECONDS = Histogram(
+    "finops_http_request_duration_seconds",
+    "HTTP request latency by route template and method.",
+    ["route", "method"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+RATE_LIMITED = Counter("finops_rate_limited_total", "Requests refused by a rate limit, by route group.", ["group"])
 INGEST_BUFFER_ROWS = Gauge("finops_ingest_buffer_rows", "Events waiting in the group-commit buffer.")
 INGEST_FLUSH_ROWS = Histogram(
     "finops_ingest_flush_rows",

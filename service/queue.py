@@ -17,6 +17,7 @@ from arq.connections import ArqRedis, RedisSettings
 from redis.exceptions import RedisError
 
 from service.errors import StorageUnavailable
+from service.logs import request_id_var
 
 log = logging.getLogger("finops.jobs")
 
@@ -57,7 +58,9 @@ class ArqJobs:
     async def run(self, name: str) -> Any:
         assert self.pool is not None, "connect() first"
         try:
-            job = await self.pool.enqueue_job(name, _job_id=f"{name}:now:{uuid.uuid4().hex}")
+            job = await self.pool.enqueue_job(
+                name, request_id=request_id_var.get(), _job_id=f"{name}:now:{uuid.uuid4().hex}"
+            )
             assert job is not None
             return await job.result(timeout=self.result_timeout_s, poll_delay=0.05)
         except TimeoutError as exc:
@@ -78,6 +81,6 @@ class ArqJobs:
         if self.pool is None:
             return
         try:
-            await self.pool.enqueue_job(name, _job_id=job_id, _defer_by=delay_s)
+            await self.pool.enqueue_job(name, request_id=request_id_var.get(), _job_id=job_id, _defer_by=delay_s)
         except Exception:  # Redis down: the scheduled pass still runs on the workers
             log.exception("could not enqueue %s", name)

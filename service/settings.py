@@ -165,6 +165,33 @@ class AlertSettings:
 
 
 @dataclass(frozen=True)
+class OperationsSettings:
+    log_format: str = field(default_factory=lambda: _env("LOG_FORMAT", "json"))
+    """`json` (one object per line) or `text` (LOG_FORMAT)."""
+    log_level: str = field(default_factory=lambda: _env("LOG_LEVEL", "INFO"))
+    """DEBUG, INFO, WARNING or ERROR (LOG_LEVEL)."""
+    log_requests: bool = field(default_factory=lambda: _bool("LOG_REQUESTS", False))
+    """Log every request (method, route, status, duration); 5xx answers are always logged (LOG_REQUESTS)."""
+    rate_limits_enabled: bool = field(default_factory=lambda: _bool("RATE_LIMITS_ENABLED", True))
+    """Limit requests per principal and route group (RATE_LIMITS_ENABLED)."""
+    rate_limit_ingest: str = field(default_factory=lambda: _env("RATE_LIMIT_INGEST", "2000/second"))
+    """Limit for POST /usage-events and /usage-events/batch per principal (RATE_LIMIT_INGEST)."""
+    rate_limit_read: str = field(default_factory=lambda: _env("RATE_LIMIT_READ", "100/second"))
+    """Limit for reads (GET) per principal (RATE_LIMIT_READ)."""
+    rate_limit_write: str = field(default_factory=lambda: _env("RATE_LIMIT_WRITE", "20/second"))
+    """Limit for other changes (POST, PUT, DELETE) per principal (RATE_LIMIT_WRITE)."""
+    metrics_refresh_interval_s: int = field(default_factory=lambda: _int("METRICS_REFRESH_INTERVAL", 60, minimum=1))
+    """Seconds between refreshes of the business gauges read from ClickHouse (METRICS_REFRESH_INTERVAL)."""
+    metrics_learner_top_n: int = field(default_factory=lambda: _int("METRICS_LEARNER_TOP_N", 0))
+    """Learners exported in finops_cost_by_learner_usd (the top N this month); 0 exports none
+    (METRICS_LEARNER_TOP_N)."""
+    metrics_budget_top_n: int = field(default_factory=lambda: _int("METRICS_BUDGET_TOP_N", 100))
+    """Budgets exported in finops_budget_percentage_used (the N most used) (METRICS_BUDGET_TOP_N)."""
+    worker_metrics_port: int = field(default_factory=lambda: _int("WORKER_METRICS_PORT", 9100))
+    """Port where `finops worker` serves /metrics; 0 serves none (WORKER_METRICS_PORT)."""
+
+
+@dataclass(frozen=True)
 class Settings:
     server: ServerSettings = field(default_factory=ServerSettings)
     database: DatabaseSettings = field(default_factory=DatabaseSettings)
@@ -173,6 +200,7 @@ class Settings:
     costs: CostSettings = field(default_factory=CostSettings)
     budgets: BudgetSettings = field(default_factory=BudgetSettings)
     alerts: AlertSettings = field(default_factory=AlertSettings)
+    operations: OperationsSettings = field(default_factory=OperationsSettings)
     redis_url: str = field(default_factory=lambda: _env("REDIS_URL", ""))
     """Redis for arq job queues and shared state; empty runs everything in-process (REDIS_URL)."""
     prometheus_metrics_enabled: bool = field(default_factory=lambda: _bool("PROMETHEUS_METRICS_ENABLED", True))

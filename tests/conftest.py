@@ -20,7 +20,14 @@ from litestar.testing import TestClient
 from service.app import create_app
 from service.auth.principal import Role
 from service.auth.tokens import issue_token
-from service.settings import AuthSettings, CostSettings, DatabaseSettings, IngestSettings, Settings
+from service.settings import (
+    AuthSettings,
+    CostSettings,
+    DatabaseSettings,
+    IngestSettings,
+    OperationsSettings,
+    Settings,
+)
 from service.storage.clickhouse import ClickHouse
 from service.storage.migrations import migrate
 
@@ -81,6 +88,10 @@ def make_settings(url: str, database: str, **ingest: int) -> Settings:
         costs=CostSettings(max_range_days=732, aggregation_interval_s=3600, summary_slack_s=0),
         redis_url="",
         prometheus_metrics_enabled=True,
+        # limits far above what a test sends; tests/test_operations.py sets tight ones
+        operations=OperationsSettings(
+            rate_limit_ingest="100000/second", rate_limit_read="10000/second", rate_limit_write="10000/second"
+        ),
     )
 
 

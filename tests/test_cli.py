@@ -6,6 +6,7 @@ so every command here runs as a subprocess with CLICKHOUSE_URL=chdb://<tmp>/ch.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -298,6 +299,8 @@ class Journey:
     second_serve: Run | None = None
     sigterm_status: int | None = None
     service_logs: str = ""
+    traced: httpx.Response | None = None
+    traced_token: str = ""
     migrate_after_stop: Run | None = None
     demo_in_process: Run | None = None
     listed_after_restart: list[dict[str, Any]] = field(default_factory=list)
@@ -312,7 +315,7 @@ def _run(run: Run | None) -> Run:
 def journey(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Journey]:
     """Serve a data path, use it through the CLI, stop it, use it without the service, restart."""
     cwd = tmp_path_factory.mktemp("cli-e2e")
-    env = cli_env(cwd, JWT_SECRET=JWT_SECRET)
+    env = cli_env(cwd, JWT_SECRET=JWT_SECRET, LOG_REQUESTS="true")
     result = Journey(data_path=cwd / "ch", dead_api_url=env["FINOPS_API_URL"])
     servers: list[Server] = []
     try:
@@ -331,6 +334,12 @@ def journey(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Journey]:
         except subprocess.TimeoutExpired:
             result.second_serve = Run(-1, "", "a second `finops serve` on the held path kept running")
 
+        result.traced_token = issue_token(JWT_SECRET, role=Role.TENANT_ADMIN, tenant_id="school-a", minutes=5)
+        result.traced = httpx.get(
+            first.url + "/budgets",
+            headers={"Authorization": f"Bearer {result.traced_token}", "X-Request-ID": "journey-req-1"},
+            timeout=30,
+        )
         result.sigterm_status = first.stop()
         result.service_logs = first.logs()
 
@@ -345,6 +354,19 @@ def journey(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Journey]:
     finally:
         for server in servers:
             server.stop()
+
+
+def test_logs_are_json_lines_carrying_the_request_id_and_caller(journey: Journey) -> None:
+    assert journey.traced is not None
+    assert journey.traced.status_code == 200
+    assert journey.traced.headers["X-Request-ID"] == "journey-req-1"
+    lines = [json.loads(line) for line in journey.service_logs.splitlines() if line.startswith("{")]
+    assert lines, journey.service_logs
+    assert all({"timestamp", "level", "message", "logger"} <= set(line) for line in lines)
+    [traced] = [line for line in lines if line.get("request_id") == "journey-req-1"]
+    assert (traced["route"], traced["status"], traced["method"]) == ("/budgets", 200, "GET")
+    assert (traced["tenant_id"], traced["principal"]) == ("school-a", "tenant-admin@school-a")
+    assert journey.traced_token not in journey.service_logs
 
 
 def test_demo_goes_through_the_running_api(journey: Journey) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable, Coroutine
 from datetime import timedelta
 from typing import Any
 
@@ -15,10 +17,26 @@ from service.alerts.senders import Senders
 from service.budgets.evaluate import evaluate_budgets
 from service.costs.summaries import refresh_cost_summaries
 from service.errors import StorageUnavailable
+from service.logs import request_id_var
 from service.settings import Settings
 from service.storage.clickhouse import ClickHouse
 
 RETRY_BASE_S = 5
+JobFunction = Callable[..., Coroutine[Any, Any, dict[str, Any]]]
+
+
+def carries_request_id(function: JobFunction) -> JobFunction:
+    """Jobs enqueued by a request get its id (`request_id=`), so their log lines carry it."""
+
+    @functools.wraps(function)
+    async def run(ctx: dict[str, Any], *args: Any, request_id: str | None = None, **kwargs: Any) -> dict[str, Any]:
+        token = request_id_var.set(request_id)
+        try:
+            return await function(ctx, *args, **kwargs)
+        finally:
+            request_id_var.reset(token)
+
+    return run
 
 
 def _retry(ctx: dict[str, Any]) -> Retry:
@@ -26,6 +44,7 @@ def _retry(ctx: dict[str, Any]) -> Retry:
     return Retry(defer=RETRY_BASE_S * 2 ** (int(ctx.get("job_try", 1)) - 1))
 
 
+@carries_request_id
 async def evaluate_budgets_job(ctx: dict[str, Any]) -> dict[str, Any]:
     db: ClickHouse = ctx["db"]
     try:
@@ -65,7 +84,12 @@ async def dispatch_alerts(ctx: dict[str, Any]) -> int:
         narrowed = DeliveryTask(task.budget_id, task.channel_key, mine)
         try:
             await redis.enqueue_job(
-                "deliver_alert", narrowed.budget_id, narrowed.channel_key, list(mine), _job_id=narrowed.delivery_id
+                "deliver_alert",
+                narrowed.budget_id,
+                narrowed.channel_key,
+                list(mine),
+                request_id=request_id_var.get(),
+                _job_id=narrowed.delivery_id,
             )
         except Exception:
             await redis.delete(*[claim_name(k) for k in narrowed.claim_keys()])
@@ -74,10 +98,12 @@ async def dispatch_alerts(ctx: dict[str, Any]) -> int:
     return started
 
 
+@carries_request_id
 async def dispatch_alerts_job(ctx: dict[str, Any]) -> dict[str, Any]:
     return {"deliveries_started": await dispatch_alerts(ctx)}
 
 
+@carries_request_id
 async def deliver_alert_job(
     ctx: dict[str, Any], budget_id: str, channel_key: str, alert_ids: list[str]
 ) -> dict[str, Any]:
@@ -98,6 +124,7 @@ async def deliver_alert_job(
     return {"status": status, "response_code": outcome.code if outcome else None, "attempts": number}
 
 
+@carries_request_id
 async def refresh_cost_summaries_job(ctx: dict[str, Any]) -> dict[str, Any]:
     db: ClickHouse = ctx["db"]
     settings: Settings = ctx["settings"]

@@ -9,6 +9,12 @@ runs carry job ids, so duplicates are dropped by arq.
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import os
+import socket
+import uuid
+from datetime import UTC, datetime
 from typing import Any
 
 import anyio.to_thread
@@ -19,12 +25,42 @@ from arq.worker import Function, Worker
 
 from service.alerts.senders import Senders
 from service.app import open_database
+from service.health.controller import HEARTBEAT_EVERY_S, HEARTBEAT_PREFIX, HEARTBEAT_TTL_MS
 from service.settings import Settings, get_settings
 from service.storage.clickhouse import ClickHouse
 from workers.jobs import deliver_alert_job, dispatch_alerts_job, evaluate_budgets_job, refresh_cost_summaries_job
 
+log = logging.getLogger("finops.worker")
 JOB_TIMEOUT_S = 300
 MAX_TRIES = 4
+
+
+def start_heartbeat(ctx: dict[str, Any]) -> None:
+    """Every 10 s, `finops:worker:<host>:<pid>` in Redis (kept 30 s): what GET /health counts."""
+    redis = ctx["redis"]
+    name = f"{HEARTBEAT_PREFIX}{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+
+    async def beat() -> None:
+        while True:
+            try:
+                await redis.set(name, datetime.now(UTC).isoformat(), px=HEARTBEAT_TTL_MS)
+            except Exception:
+                log.warning("could not write the worker heartbeat", exc_info=True)
+            await asyncio.sleep(HEARTBEAT_EVERY_S)
+
+    ctx["heartbeat"] = (asyncio.get_running_loop().create_task(beat(), name="worker-heartbeat"), name)
+
+
+async def stop_heartbeat(ctx: dict[str, Any]) -> None:
+    task, name = ctx.pop("heartbeat", (None, None))
+    if task is None:
+        return
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    try:
+        await ctx["redis"].delete(name)
+    except Exception:
+        log.warning("could not remove the worker heartbeat", exc_info=True)
 
 
 def cron_times(interval_s: int) -> dict[str, set[int]]:
@@ -86,8 +122,10 @@ def build_worker(settings: Settings, db: ClickHouse | None = None, **options: An
         ctx["settings"] = settings
         ctx["senders"] = Senders(settings.alerts)
         ctx["db"] = db if db is not None else await anyio.to_thread.run_sync(open_database, settings)
+        start_heartbeat(ctx)
 
     async def shutdown(ctx: dict[str, Any]) -> None:
+        await stop_heartbeat(ctx)
         if db is None and "db" in ctx:
             await anyio.to_thread.run_sync(ctx["db"].close)
 
@@ -118,7 +156,9 @@ class WorkerSettings:
         ctx["settings"] = WorkerSettings._settings
         ctx["senders"] = Senders(WorkerSettings._settings.alerts)
         ctx["db"] = await anyio.to_thread.run_sync(open_database, WorkerSettings._settings)
+        start_heartbeat(ctx)
 
     @staticmethod
     async def on_shutdown(ctx: dict[str, Any]) -> None:
+        await stop_heartbeat(ctx)
         await anyio.to_thread.run_sync(ctx["db"].close)

@@ -17,6 +17,7 @@ from service.alerts.channels import Channel, ChannelError, channel_key, channel_
 from service.alerts.delivery import DeliveryLog
 from service.alerts.notice import AlertFacts, Notice
 from service.alerts.senders import Senders
+from service.audit import audit_action
 from service.auth.guards import principal_of, require_roles
 from service.auth.principal import Principal, Role
 from service.bodies import decode_body
@@ -156,4 +157,13 @@ async def send_test_alert(
 ) -> AlertTestOut:
     data = decode_body(_decoder, await request.body(), "test alert")
     principal = principal_of(request)
-    return await anyio.to_thread.run_sync(send_test, budgets, senders, principal, data)
+    result = await anyio.to_thread.run_sync(send_test, budgets, senders, principal, data)
+    await audit_action(
+        budgets.store.db,
+        principal,
+        "alerts.test",
+        "budget" if data.budget_id else "channels",
+        data.budget_id or result.test_id,
+        after=result,
+    )
+    return result

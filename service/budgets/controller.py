@@ -12,6 +12,7 @@ from litestar.openapi.spec import Reference
 from litestar.params import FromPath, FromQuery, QueryParameter
 from litestar.status_codes import HTTP_201_CREATED, HTTP_204_NO_CONTENT
 
+from service.audit import audit_action
 from service.auth.guards import principal_of, require_roles
 from service.auth.principal import READERS, Role
 from service.bodies import decode_body
@@ -28,6 +29,7 @@ from service.budgets.service import BudgetService
 from service.budgets.watch import BudgetWatch
 from service.openapi import REF_TEMPLATE, json_body_operation
 from service.queue import Jobs
+from service.storage.clickhouse import ClickHouse
 
 MANAGE = "Auth: bearer JWT with role `admin` (any budget) or `tenant-admin` (its tenant's budgets)."
 READ = "Auth: bearer JWT with role `admin` (every budget), `tenant-admin` or `user` (its tenant's budgets)."
@@ -222,5 +224,9 @@ class AlertController(Controller):
         "budget's scope). Auth: bearer JWT with role `admin`."
     ),
 )
-async def evaluate_now(jobs: NamedDependency[Jobs]) -> EvaluationRun:
-    return msgspec.convert(await jobs.run("evaluate_budgets"), EvaluationRun)
+async def evaluate_now(
+    request: Request[Any, Any, Any], jobs: NamedDependency[Jobs], db: NamedDependency[ClickHouse]
+) -> EvaluationRun:
+    run = msgspec.convert(await jobs.run("evaluate_budgets"), EvaluationRun)
+    await audit_action(db, principal_of(request), "budgets.evaluate", "budgets", "*", after=run)
+    return run

@@ -18,6 +18,7 @@ from litestar.di import NamedDependency, Provide
 from litestar.params import FromQuery, QueryParameter
 from litestar.response import Stream
 
+from service.audit import audit_action
 from service.auth.guards import principal_of, require_roles
 from service.auth.principal import READERS, Role
 from service.costs.periods import Period
@@ -28,6 +29,7 @@ from service.costs.service import CostService, check_group_by, problem, split_va
 from service.costs.summaries import RefreshRun
 from service.money import money_str
 from service.queue import Jobs
+from service.storage.clickhouse import ClickHouse
 
 AUTH = "Auth: bearer JWT with role `admin` (every tenant), `tenant-admin` or `user` (their own tenant only)."
 RANGE = (
@@ -254,5 +256,9 @@ class CostController(Controller):
         "runs every COST_AGGREGATION_INTERVAL seconds). Answers what the run did. Auth: bearer JWT with role `admin`."
     ),
 )
-async def refresh_summaries(jobs: NamedDependency[Jobs]) -> RefreshRun:
-    return msgspec.convert(await jobs.run("cost_summaries"), RefreshRun)
+async def refresh_summaries(
+    request: Request[Any, Any, Any], jobs: NamedDependency[Jobs], db: NamedDependency[ClickHouse]
+) -> RefreshRun:
+    run = msgspec.convert(await jobs.run("cost_summaries"), RefreshRun)
+    await audit_action(db, principal_of(request), "costs.summaries.refresh", "cost_summaries", "*", after=run)
+    return run

@@ -50,6 +50,7 @@ class UsageEventFastPath:
         if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] not in PATHS:
             await self.app(scope, receive, send)
             return
+        scope["path_template"] = "/usage-events"  # the route's metrics label, as Litestar sets it
         try:
             principal = self.verifier.verify(_bearer_token(scope))
             if principal.role not in WRITERS:
