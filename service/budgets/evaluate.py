@@ -21,6 +21,7 @@ limit is a new limit, so its thresholds fire anew.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import logging
 import threading
 import time
@@ -533,11 +534,13 @@ FINGERPRINT_SQL = (
 class _Loaded:
     fingerprint: tuple[Any, ...]
     budgets: list[Budget]
+    read: int  # when it was read (a counter): an older read never replaces a newer one
     evaluated: tuple[Any, ...] | None = None  # the fingerprint of the last full pass
 
 
 _loaded: dict[tuple[str, str], _Loaded] = {}
 _loaded_lock = threading.Lock()
+_reads = itertools.count()
 
 
 def load_budgets(db: ClickHouse) -> tuple[list[Budget], tuple[Any, ...], bool]:
@@ -545,6 +548,8 @@ def load_budgets(db: ClickHouse) -> tuple[list[Budget], tuple[Any, ...], bool]:
     fingerprint (each budget's latest version and update time) decides. Returns
     (budgets, fingerprint, whether a full pass has evaluated exactly these budgets)."""
     key = (db.url, db.database)
+    with _loaded_lock:
+        read = next(_reads)
     fingerprint = tuple(db.query(FINGERPRINT_SQL, label="budgets.fingerprint")[0])
     with _loaded_lock:
         cached = _loaded.get(key)
@@ -552,9 +557,11 @@ def load_budgets(db: ClickHouse) -> tuple[list[Budget], tuple[Any, ...], bool]:
         return cached.budgets, fingerprint, cached.evaluated == fingerprint
     budgets = BudgetStore(db).find(tenant_visible=None, filters={})
     with _loaded_lock:
-        if len(_loaded) >= 16 and key not in _loaded:
-            _loaded.pop(next(iter(_loaded)))
-        _loaded[key] = _Loaded(fingerprint, budgets)
+        cached = _loaded.get(key)
+        if cached is None or cached.read < read:
+            if cached is None and len(_loaded) >= 16:
+                _loaded.pop(next(iter(_loaded)))
+            _loaded[key] = _Loaded(fingerprint, budgets, read)
     return budgets, fingerprint, False
 
 
