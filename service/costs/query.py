@@ -36,7 +36,8 @@ _ROLLUP_MEASURES = ", ".join([*COUNTS, "cost_usd"])
 _RAW_MEASURES = ", ".join(
     [
         "toUInt64(record_type = 'usage') AS events",
-        "toUInt64(record_type = 'usage' AND pricing_status = 'unpriced') AS unpriced_events",
+        "toInt64(record_type = 'usage' AND pricing_status = 'unpriced')"
+        " - toInt64(record_type = 'correction' AND metadata['resolves_unpriced'] = '1') AS unpriced_events",
         *COUNTS[2:],
         "toDecimal128(ifNull(cost_usd, toDecimal64(0, 12)), 12) AS cost_usd",
     ]
