@@ -1,0 +1,1 @@
+"""Cost optimization suggestions: ranked, checkable ways to spend less."""
