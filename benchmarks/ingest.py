@@ -61,11 +61,12 @@ from service.pricing.catalog import (
     load_bundled_catalog,
     parse_catalog,
 )
+from service.pricing.overrides import PricingState
 from service.settings import IngestSettings
 from service.storage.clickhouse import ClickHouse
 from service.storage.migrations import migrate
 from service.usage.demo import synthetic_events
-from service.usage.ingest import EVENT_COLUMNS, GroupCommitBuffer, Ingestor, PricingState, _columns
+from service.usage.ingest import EVENT_COLUMNS, GroupCommitBuffer, Ingestor, _columns
 from service.usage.schemas import UsageEvent, UsageEventIn
 
 ROOT = Path(__file__).resolve().parents[1]

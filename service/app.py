@@ -45,6 +45,10 @@ from service.openapi import component_schemas
 from service.operations import Operations, RateLimits
 from service.pricing.calculator import PriceBook
 from service.pricing.catalog import read_prices, sync_bundled_catalog
+from service.pricing.controller import PricingController
+from service.pricing.overrides import OverrideIn, PricingState
+from service.pricing.reprice import RepriceIn
+from service.pricing.service import PricingService
 from service.queue import ArqJobs, Jobs
 from service.settings import Settings, SettingsError, get_settings
 from service.storage.clickhouse import ClickHouse
@@ -53,13 +57,15 @@ from service.usage.claims import SharedClaims
 from service.usage.controller import WRITE_AUTH, UsageEventController
 from service.usage.fastpath import UsageEventFastPath
 from service.usage.fastpath import operation as record_operation
-from service.usage.ingest import GroupCommitBuffer, Ingestor, PricingState
+from service.usage.ingest import GroupCommitBuffer, Ingestor
 from service.usage.repository import UsageRepository
 from service.usage.schemas import UsageBatchDoc, UsageEventIn
 
 log = logging.getLogger("finops")
 MAX_BODY_BYTES = 32 * 1024 * 1024
 BUDGET_INDEX_REFRESH_S = 30  # distributed mode: how often the API relearns which scopes have budgets
+PRICING_RELOAD_S = 30  # distributed mode: how soon a replica picks up prices a worker wrote
+PRICING_FIRST_RUN_S = 60  # embedded mode: the first price source run, a minute after start
 TRIGGERED_ONLY_S = 365 * 86400  # a job that runs at start-up and then only when triggered
 PUBLIC_PATHS = ["^/health", "^/docs", "^/redoc", "^/openapi.json", "^/metrics"]
 
@@ -115,6 +121,7 @@ class AppComponents:
         self.watch = watch
         self.senders = senders
         self.probe: HealthProbe | None = None
+        self.pricing_service: PricingService | None = None
         self.budgets = BudgetService(BudgetStore(db), settings.alerts)
         self.pricing = pricing
         self.buffer = buffer
@@ -188,6 +195,11 @@ def create_app(
     def provide_senders() -> Senders:
         return wired[0].senders
 
+    def provide_pricing() -> PricingService:
+        service = wired[0].pricing_service
+        assert service is not None
+        return service
+
     def provide_probe() -> HealthProbe:
         probe = wired[0].probe
         assert probe is not None
@@ -256,7 +268,20 @@ def create_app(
             buffer = GroupCommitBuffer(database, settings.ingest, on_written=watch.notify, shared=shared)
             buffer.start()
             local.start()
-            components = AppComponents(database, PricingState(book), buffer, jobs, watch, settings, senders)
+            state = PricingState(book)
+            pricing = PricingService(database, state, settings.pricing, senders, settings.ingest.bedrock_default_region)
+            await anyio.to_thread.run_sync(pricing.reload)  # with tenants' overrides
+            if settings.redis_url:  # workers run the sources; this replica follows what they write
+                local.every("pricing_reload", PRICING_RELOAD_S, pricing.reload_if_changed)
+            else:
+                local.every(
+                    "pricing_update",
+                    settings.pricing.update_interval_s,
+                    lambda: msgspec.to_builtins(pricing.update()),
+                    first_after_s=PRICING_FIRST_RUN_S,
+                )
+            components = AppComponents(database, state, buffer, jobs, watch, settings, senders)
+            components.pricing_service = pricing
             components.probe = HealthProbe(database, redis, local, embedded=not settings.redis_url)
             wired.append(components)
             log.info("finops-svc ready: %d prices loaded, ClickHouse at %s", len(book), _safe_url(database.url))
@@ -283,6 +308,7 @@ def create_app(
         AlertController,
         evaluate_now,
         send_test_alert,
+        PricingController,
         list_audit_events,
         health,
         health_ready,
@@ -304,6 +330,7 @@ def create_app(
             "queries": Provide(provide_cost_queries, sync_to_thread=False),
             "senders": Provide(provide_senders, sync_to_thread=False),
             "probe": Provide(provide_probe, sync_to_thread=False),
+            "pricing": Provide(provide_pricing, sync_to_thread=False),
         },
         middleware=[DefineMiddleware(BearerTokenMiddleware, verifier=verifier, exclude=PUBLIC_PATHS)],
         exception_handlers={DomainError: handle_domain_error, HTTPException: handle_http_exception},
@@ -331,7 +358,8 @@ def create_app(
     openapi = app.plugins.get(OpenAPIPlugin).provide_openapi()
     if openapi.components.schemas is None:
         openapi.components.schemas = {}
-    openapi.components.schemas.update(component_schemas(UsageEventIn, UsageBatchDoc, BudgetIn, AlertTestIn))  # type: ignore[arg-type]
+    documented = component_schemas(UsageEventIn, UsageBatchDoc, BudgetIn, AlertTestIn, OverrideIn, RepriceIn)
+    openapi.components.schemas.update(documented)  # type: ignore[arg-type]
     openapi.paths["/usage-events"].post = record_operation(WRITE_AUTH)  # type: ignore[index]
     fast = UsageEventFastPath(app, verifier, lambda: wired[0].ingestor, max_body_bytes=MAX_BODY_BYTES)
     operations = settings.operations

@@ -9,6 +9,8 @@ import logging
 import sys
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
 
 import httpx
 import msgspec
@@ -209,7 +211,8 @@ def _demo_in_process(
     settings: Settings, events: Iterator[UsageEventIn], total: int, batch_size: int
 ) -> tuple[int, int]:
     from service.app import open_database, prepare_database
-    from service.usage.ingest import GroupCommitBuffer, Ingestor, PricingState
+    from service.pricing.overrides import PricingState
+    from service.usage.ingest import GroupCommitBuffer, Ingestor
 
     try:
         db = open_database(settings)
@@ -247,6 +250,92 @@ def _demo_in_process(
         db.close()
 
 
+def cmd_pricing(args: argparse.Namespace, settings: Settings) -> int:
+    """`finops pricing update | import FILE | reprice`: through the running API when one answers."""
+    body: bytes
+    if args.action == "update":
+        path, body, params = "/pricing/update", b"", ({"source": args.source} if args.source else {})
+    elif args.action == "import":
+        try:
+            body = Path(args.file).read_bytes()
+        except OSError as exc:
+            raise CommandError(f"cannot read {args.file}: {exc.strerror}") from exc
+        path, params = "/pricing/import", {}
+    else:
+        request = {
+            "start": args.start,
+            "end": args.end,
+            "provider": args.provider,
+            "model": args.model,
+            "tenant_id": args.tenant,
+        }
+        path, params = "/pricing/reprice", {}
+        body = msgspec.json.encode({k: v for k, v in request.items() if v})
+    if api_answers(settings.server.api_url):
+        settings = with_jwt_secret(settings)
+        token = issue_token(settings.auth.jwt_secret, role=Role.ADMIN, subject="finops-cli", minutes=60)
+        print(f"pricing {args.action}: through the API at {settings.server.api_url} ...", file=sys.stderr)
+        response = httpx.post(
+            settings.server.api_url.rstrip("/") + path,
+            content=body,
+            params=params,
+            headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+            timeout=3600,
+        )
+        if response.status_code >= 300:
+            raise CommandError(f"POST {path} answered {response.status_code}: {response.text[:500]}")
+        result: Any = response.json()
+    else:
+        result = _pricing_in_process(args, settings, body)
+    print(msgspec.json.format(msgspec.json.encode(result), indent=2).decode())
+    return 0
+
+
+def _pricing_in_process(args: argparse.Namespace, settings: Settings, body: bytes) -> Any:
+    from service.alerts.senders import Senders
+    from service.app import open_database, prepare_database
+    from service.pricing.overrides import PricingState
+    from service.pricing.reprice import RepriceIn
+    from service.pricing.service import PricingService
+    from service.pricing.sources.base import SourceError
+
+    try:
+        db = open_database(settings)
+    except DataPathInUse as exc:
+        raise CommandError(_held_message(settings)) from exc
+    try:
+        book = prepare_database(db, settings, apply_migrations=False)
+        service = PricingService(
+            db, PricingState(book), settings.pricing, Senders(settings.alerts), settings.ingest.bedrock_default_region
+        )
+        service.reload()
+        if args.action == "update":
+            try:
+                return msgspec.to_builtins(service.update(args.source))
+            except SourceError as exc:
+                raise CommandError(str(exc)) from exc
+        if args.action == "import":
+            try:
+                return msgspec.to_builtins(service.import_catalog(body))
+            except (ValueError, msgspec.ValidationError) as exc:
+                raise CommandError(f"invalid price catalog: {exc}") from exc
+        try:
+            request = msgspec.json.decode(body, type=RepriceIn)
+        except msgspec.ValidationError as exc:
+            raise CommandError(f"invalid range: {exc}") from exc
+        if request.start.tzinfo is None or request.end.tzinfo is None or request.end <= request.start:
+            raise CommandError("--end must be after --start, both with a time zone (e.g. 2026-11-01T00:00:00Z)")
+        with tqdm(unit="ev", desc="reprice") as bar:
+
+            def advance(examined: int) -> None:
+                bar.update(examined - bar.n)
+
+            summary = service.reprice(request, progress=advance)
+        return msgspec.to_builtins(summary)
+    finally:
+        db.close()
+
+
 # -- entry point -------------------------------------------------------------
 
 
@@ -265,6 +354,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     worker = sub.add_parser("worker", help="run an arq worker for budget evaluation and summaries (needs REDIS_URL)")
     worker.set_defaults(handler=cmd_worker)
+
+    pricing = sub.add_parser("pricing", help="keep prices current: update, import, reprice")
+    actions = pricing.add_subparsers(dest="action", required=True)
+    update = actions.add_parser("update", help="run the configured price sources now")
+    update.add_argument("--source", help="only this source (litellm, openai, bedrock, gemini)")
+    imported = actions.add_parser("import", help="import prices: our catalog format or a LiteLLM price map")
+    imported.add_argument("file")
+    again = actions.add_parser("reprice", help="recompute stored events' costs under today's prices")
+    again.add_argument("--start", required=True, help="RFC 3339, inclusive")
+    again.add_argument("--end", required=True, help="RFC 3339, exclusive")
+    again.add_argument("--provider")
+    again.add_argument("--model")
+    again.add_argument("--tenant")
+    pricing.set_defaults(handler=cmd_pricing)
 
     token = sub.add_parser("token", help="print a signed JWT")
     token.add_argument("--role", required=True, choices=[r.value for r in Role])

@@ -28,6 +28,7 @@ class ScheduledJob:
     function: Callable[[], Any]
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     triggered: bool = False
+    first_after_s: float = 0
 
 
 class JobRunner:
@@ -37,9 +38,10 @@ class JobRunner:
         self._triggered: set[asyncio.Task[None]] = set()
         self._running: set[asyncio.Future[Any]] = set()
 
-    def every(self, name: str, interval_s: float, function: Callable[[], Any]) -> None:
-        """Run `function` (blocking; it runs on a worker thread) at start and then every `interval_s`."""
-        self._jobs[name] = ScheduledJob(name, interval_s, function)
+    def every(self, name: str, interval_s: float, function: Callable[[], Any], *, first_after_s: float = 0) -> None:
+        """Run `function` (blocking; it runs on a worker thread) `first_after_s` after start (at
+        once by default) and then every `interval_s`."""
+        self._jobs[name] = ScheduledJob(name, interval_s, function, first_after_s=first_after_s)
 
     def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -101,6 +103,8 @@ class JobRunner:
             return result
 
     async def _loop(self, job: ScheduledJob) -> None:
+        if job.first_after_s:
+            await asyncio.sleep(job.first_after_s)
         while True:
             try:
                 await self.run(job.name)

@@ -46,6 +46,9 @@ ALERT_DELIVERIES = Counter(
     "Alert delivery attempts by channel type and outcome (delivered, retrying, failed).",
     ["channel", "outcome"],
 )
+PRICING_RUNS = Counter(
+    "finops_pricing_runs_total", "Price source runs by source and outcome (ok, failed).", ["source", "outcome"]
+)
 JOB_RUNS = Counter("finops_job_runs_total", "Background job runs by job and outcome.", ["job", "outcome"])
 JOB_SECONDS = Histogram(
     "finops_job_seconds",

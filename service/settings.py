@@ -164,6 +164,43 @@ class AlertSettings:
     (ALERT_DISPATCH_INTERVAL)."""
 
 
+LITELLM_PRICES_URL = "https://raw.githubusercontent.com/BerriAI/litellm/main/model_prices_and_context_window.json"
+
+
+@dataclass(frozen=True)
+class PricingSettings:
+    update_interval_s: int = field(default_factory=lambda: _int("PRICING_UPDATE_INTERVAL", 86400, minimum=60))
+    """Seconds between scheduled runs of every configured price source (PRICING_UPDATE_INTERVAL)."""
+    max_change_factor: int = field(default_factory=lambda: _int("PRICING_MAX_CHANGE_FACTOR", 3, minimum=2))
+    """A fetched rate more than this many times above or below the current one is quarantined,
+    not applied (PRICING_MAX_CHANGE_FACTOR)."""
+    catalog_url: str = field(default_factory=lambda: _env("PRICING_CATALOG_URL", LITELLM_PRICES_URL))
+    """A LiteLLM-format price map to follow; empty turns the source off (PRICING_CATALOG_URL)."""
+    openai_api_key: str = field(default_factory=lambda: _env("OPENAI_API_KEY", ""))
+    """Lists OpenAI's models to find ones the catalog does not price (OPENAI_API_KEY)."""
+    openai_base_url: str = field(default_factory=lambda: _env("OPENAI_BASE_URL", "https://api.openai.com"))
+    """OpenAI API base URL (OPENAI_BASE_URL)."""
+    aws_access_key_id: str = field(default_factory=lambda: _env("AWS_ACCESS_KEY_ID", ""))
+    """AWS Price List API credentials for Bedrock prices (AWS_ACCESS_KEY_ID)."""
+    aws_secret_access_key: str = field(default_factory=lambda: _env("AWS_SECRET_ACCESS_KEY", ""))
+    """(AWS_SECRET_ACCESS_KEY)."""
+    aws_pricing_endpoint_url: str = field(default_factory=lambda: _env("AWS_PRICING_ENDPOINT_URL", ""))
+    """Price List API endpoint; empty uses AWS's own (AWS_PRICING_ENDPOINT_URL)."""
+    google_api_key: str = field(default_factory=lambda: _env("GOOGLE_API_KEY", ""))
+    """Cloud Billing Catalog API key for Gemini prices (GOOGLE_API_KEY)."""
+    google_credentials: str = field(default_factory=lambda: _env("GOOGLE_APPLICATION_CREDENTIALS", ""))
+    """Service account file for the Cloud Billing Catalog API, instead of a key (GOOGLE_APPLICATION_CREDENTIALS)."""
+    google_billing_base_url: str = field(
+        default_factory=lambda: _env("GOOGLE_BILLING_BASE_URL", "https://cloudbilling.googleapis.com")
+    )
+    """Cloud Billing Catalog API base URL (GOOGLE_BILLING_BASE_URL)."""
+    fetch_timeout_s: int = field(default_factory=lambda: _int("PRICING_FETCH_TIMEOUT_SECONDS", 30, minimum=1))
+    """Time limit of each request to a price source (PRICING_FETCH_TIMEOUT_SECONDS)."""
+    alert_channels: str = field(default_factory=lambda: _env("PRICING_ALERT_CHANNELS", ""))
+    """JSON list of channels (as a budget's) told about price changes, quarantines and unpriced
+    models seen in traffic (PRICING_ALERT_CHANNELS)."""
+
+
 @dataclass(frozen=True)
 class OperationsSettings:
     log_format: str = field(default_factory=lambda: _env("LOG_FORMAT", "json"))
@@ -201,6 +238,7 @@ class Settings:
     budgets: BudgetSettings = field(default_factory=BudgetSettings)
     alerts: AlertSettings = field(default_factory=AlertSettings)
     operations: OperationsSettings = field(default_factory=OperationsSettings)
+    pricing: PricingSettings = field(default_factory=PricingSettings)
     redis_url: str = field(default_factory=lambda: _env("REDIS_URL", ""))
     """Redis for arq job queues and shared state; empty runs everything in-process (REDIS_URL)."""
     prometheus_metrics_enabled: bool = field(default_factory=lambda: _bool("PROMETHEUS_METRICS_ENABLED", True))

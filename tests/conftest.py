@@ -26,6 +26,7 @@ from service.settings import (
     DatabaseSettings,
     IngestSettings,
     OperationsSettings,
+    PricingSettings,
     Settings,
 )
 from service.storage.clickhouse import ClickHouse
@@ -89,6 +90,7 @@ def make_settings(url: str, database: str, **ingest: int) -> Settings:
         redis_url="",
         prometheus_metrics_enabled=True,
         # limits far above what a test sends; tests/test_operations.py sets tight ones
+        pricing=PricingSettings(catalog_url=""),  # no source is fetched unless a test points one somewhere
         operations=OperationsSettings(
             rate_limit_ingest="100000/second", rate_limit_read="10000/second", rate_limit_write="10000/second"
         ),

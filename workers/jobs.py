@@ -18,6 +18,8 @@ from service.budgets.evaluate import evaluate_budgets
 from service.costs.summaries import refresh_cost_summaries
 from service.errors import StorageUnavailable
 from service.logs import request_id_var
+from service.pricing.service import PricingService
+from service.pricing.updates import load_state
 from service.settings import Settings
 from service.storage.clickhouse import ClickHouse
 
@@ -96,6 +98,25 @@ async def dispatch_alerts(ctx: dict[str, Any]) -> int:
             raise
         started += 1
     return started
+
+
+@carries_request_id
+async def pricing_update_job(ctx: dict[str, Any]) -> dict[str, Any]:
+    """Run every configured price source; API replicas pick the new prices up on their own."""
+    db: ClickHouse = ctx["db"]
+    settings: Settings = ctx["settings"]
+
+    def run() -> dict[str, Any]:
+        service = PricingService(
+            db, load_state(db, settings.ingest.bedrock_default_region), settings.pricing, ctx["senders"]
+        )
+        result: dict[str, Any] = msgspec.to_builtins(service.update())
+        return result
+
+    try:
+        return await anyio.to_thread.run_sync(run)
+    except StorageUnavailable as exc:
+        raise _retry(ctx) from exc
 
 
 @carries_request_id

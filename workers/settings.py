@@ -28,7 +28,13 @@ from service.app import open_database
 from service.health.controller import HEARTBEAT_EVERY_S, HEARTBEAT_PREFIX, HEARTBEAT_TTL_MS
 from service.settings import Settings, get_settings
 from service.storage.clickhouse import ClickHouse
-from workers.jobs import deliver_alert_job, dispatch_alerts_job, evaluate_budgets_job, refresh_cost_summaries_job
+from workers.jobs import (
+    deliver_alert_job,
+    dispatch_alerts_job,
+    evaluate_budgets_job,
+    pricing_update_job,
+    refresh_cost_summaries_job,
+)
 
 log = logging.getLogger("finops.worker")
 JOB_TIMEOUT_S = 300
@@ -79,6 +85,7 @@ def functions(settings: Settings) -> list[Function]:
         func(evaluate_budgets_job, name="evaluate_budgets", timeout=JOB_TIMEOUT_S, max_tries=MAX_TRIES),
         func(refresh_cost_summaries_job, name="cost_summaries", timeout=JOB_TIMEOUT_S, max_tries=MAX_TRIES),
         func(dispatch_alerts_job, name="dispatch_alerts", timeout=JOB_TIMEOUT_S, max_tries=MAX_TRIES),
+        func(pricing_update_job, name="pricing_update", timeout=JOB_TIMEOUT_S * 4, max_tries=2),
         # one more try than attempts: the last attempt records a final failure itself
         func(
             deliver_alert_job,
@@ -104,6 +111,13 @@ def cron_jobs(settings: Settings) -> list[CronJob]:
             timeout=JOB_TIMEOUT_S,
             max_tries=MAX_TRIES,
             **cron_times(settings.costs.aggregation_interval_s),  # type: ignore[arg-type]
+        ),
+        cron(
+            pricing_update_job,
+            name="cron:pricing_update",
+            timeout=JOB_TIMEOUT_S * 4,
+            max_tries=2,
+            **cron_times(settings.pricing.update_interval_s),  # type: ignore[arg-type]
         ),
         cron(
             dispatch_alerts_job,

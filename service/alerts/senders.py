@@ -103,6 +103,29 @@ def _redact(text: str, *secrets: str) -> str:
     return text
 
 
+@dataclass(frozen=True)
+class Message:
+    """One message in every channel's form."""
+
+    subject: str
+    text: str
+    html: str
+    slack: dict[str, Any]
+    webhook: bytes
+    sms: str
+
+    @classmethod
+    def of(cls, notice: Notice) -> Message:
+        return cls(
+            subject=email_subject(notice),
+            text=email_text(notice),
+            html=email_html(notice),
+            slack=slack_payload(notice),
+            webhook=webhook_body(notice),
+            sms=sms_text(notice),
+        )
+
+
 class Senders:
     """Sends notices with the service's provider settings."""
 
@@ -110,17 +133,20 @@ class Senders:
         self.settings = settings
 
     def send(self, channel: Channel, notice: Notice) -> Outcome:
+        return self.deliver(channel, Message.of(notice))
+
+    def deliver(self, channel: Channel, message: Message) -> Outcome:
         try:
             if isinstance(channel, EmailChannel):
-                return self._email(channel, notice)
+                return self._email(channel, message)
             if isinstance(channel, SmsChannel):
-                return self._sms(channel, notice)
+                return self._sms(channel, message)
             if isinstance(channel, SlackChannel):
                 url = channel.webhook_url or self.settings.slack_webhook_url
                 if not url:
                     return Outcome("failed", error="no webhook_url and SLACK_WEBHOOK_URL is not set")
-                return self._post_json(url, _json(slack_payload(notice)), {})
-            return self._webhook(channel, notice)
+                return self._post_json(url, _json(message.slack), {})
+            return self._webhook(channel, message)
         except ChannelError as exc:
             return Outcome("failed", error=exc.reason)
         except Exception as exc:  # a library raised something unexpected: final, visible, no secrets
@@ -133,10 +159,10 @@ class Senders:
 
     # -- HTTP webhooks ----------------------------------------------------------
 
-    def _webhook(self, channel: WebhookChannel, notice: Notice) -> Outcome:
+    def _webhook(self, channel: WebhookChannel, message: Message) -> Outcome:
         if not channel.secret:
             return Outcome("failed", error="the webhook has no secret")
-        body = webhook_body(notice)
+        body = message.webhook
         stamp = int(time.time())
         headers = {TIMESTAMP_HEADER: str(stamp), SIGNATURE_HEADER: sign(channel.secret, stamp, body)}
         return self._post_json(channel.url, body, headers)
@@ -156,7 +182,7 @@ class Senders:
 
     # -- SendGrid ---------------------------------------------------------------
 
-    def _email(self, channel: EmailChannel, notice: Notice) -> Outcome:
+    def _email(self, channel: EmailChannel, message: Message) -> Outcome:
         from python_http_client.exceptions import HTTPError
         from sendgrid import SendGridAPIClient
         from sendgrid.helpers.mail import Mail
@@ -164,17 +190,17 @@ class Senders:
         s = self.settings
         if not s.sendgrid_api_key or not s.email_from:
             return Outcome("failed", error="SENDGRID_API_KEY and ALERT_EMAIL_FROM must be set for email alerts")
-        message = Mail(
+        mail = Mail(
             from_email=s.email_from,
             to_emails=list(channel.to),
-            subject=email_subject(notice),
-            plain_text_content=email_text(notice),
-            html_content=email_html(notice),
+            subject=message.subject,
+            plain_text_content=message.text,
+            html_content=message.html,
         )
         client = SendGridAPIClient(api_key=s.sendgrid_api_key, host=s.sendgrid_api_host)
         client.client.timeout = s.send_timeout_s
         try:
-            response = client.send(message)
+            response = client.send(mail)
         except HTTPError as exc:
             body = exc.body.decode("utf-8", "replace") if isinstance(exc.body, bytes) else str(exc.body)
             headers = dict(exc.headers.items()) if exc.headers is not None else None
@@ -185,7 +211,7 @@ class Senders:
 
     # -- Twilio -----------------------------------------------------------------
 
-    def _sms(self, channel: SmsChannel, notice: Notice) -> Outcome:
+    def _sms(self, channel: SmsChannel, message: Message) -> Outcome:
         import requests.exceptions
         from twilio.base.exceptions import TwilioRestException
         from twilio.http.http_client import TwilioHttpClient
@@ -197,19 +223,19 @@ class Senders:
         http = TwilioHttpClient(timeout=s.send_timeout_s)
         client = Client(s.twilio_account_sid, s.twilio_auth_token, http_client=http)
         client.api.base_url = s.twilio_api_base_url.rstrip("/")
-        text = sms_text(notice)
+        text = message.sms
         outcome = Outcome("delivered", 201)
         for number in channel.to:  # delivery splits SMS channels into one target per number
             try:
-                message = client.messages.create(to=number, from_=s.twilio_from_number, body=text)
+                sent = client.messages.create(to=number, from_=s.twilio_from_number, body=text)
             except TwilioRestException as exc:
                 last: Any = http._test_only_last_response
                 headers = dict(last.headers.items()) if last is not None and last.headers else None
                 return by_status(int(exc.status), headers, _redact(str(exc.msg), s.twilio_auth_token))
             except requests.exceptions.RequestException as exc:
                 return Outcome("retry", error=f"{type(exc).__name__} talking to Twilio")
-            if getattr(message, "error_code", None):
-                return Outcome("failed", 201, f"Twilio error {message.error_code}")
+            if getattr(sent, "error_code", None):
+                return Outcome("failed", 201, f"Twilio error {sent.error_code}")
         return outcome
 
 

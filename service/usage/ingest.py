@@ -35,7 +35,7 @@ from service.metrics import (
     UNPRICED_EVENTS,
 )
 from service.money import MAX_EVENT_COST, money_str, parse_money
-from service.pricing.calculator import PriceBook
+from service.pricing.overrides import PricingState
 from service.settings import IngestSettings
 from service.storage.clickhouse import ClickHouse
 from service.usage.claims import SharedClaims
@@ -101,13 +101,6 @@ def decode_batch(body: bytes, max_events: int) -> list[UsageEventIn | dict[str, 
     return items
 
 
-class PricingState:
-    """The current price book; swapped whole when prices change."""
-
-    def __init__(self, book: PriceBook) -> None:
-        self.book = book
-
-
 class Ingestor:
     """Validates, prices and stores usage events for one caller at a time."""
 
@@ -148,13 +141,12 @@ class Ingestor:
         price_version = None
         status = "provided"
         if provided is None:
-            price = self.pricing.book.price_for(item.provider, item.model, item.region, timestamp)
-            if price is not None and (cost := price.cost(item)) is not None:
+            cost, price_version = self.pricing.cost(tenant, item.provider, item.model, item.region, timestamp, item)
+            if cost is not None:
                 if cost >= MAX_EVENT_COST:
                     problem = {"field": "input_tokens", "reason": f"the event would cost {cost} USD; at most 999999.99"}
                     raise InvalidInput("invalid usage event: cost out of range", errors=[_at(problem, index)])
                 status = "priced"
-                price_version = price.version_id
             else:
                 status = "unpriced"
         return UsageEvent(
