@@ -43,6 +43,10 @@ from service.jobs import JobRunner
 from service.metrics import metrics
 from service.openapi import component_schemas
 from service.operations import Operations, RateLimits
+from service.optimization.controller import optimization_suggestions, refresh_optimization_suggestions
+from service.optimization.jobs import refresh_optimization
+from service.optimization.service import OptimizationService
+from service.optimization.settings import OptimizationSettings
 from service.pricing.calculator import PriceBook
 from service.pricing.catalog import read_prices, sync_bundled_catalog
 from service.pricing.controller import PricingController
@@ -163,6 +167,7 @@ def create_app(
             "INGEST_BUFFER_MAX_ROWS must be at least INGEST_MAX_BATCH_EVENTS, or large batches never fit"
         )
     verifier = TokenVerifier(settings.auth.jwt_secret, settings.auth.jwt_algorithm)
+    optimization = OptimizationSettings()
 
     # Filled at start-up; the providers close over it (cheaper per request than
     # injecting `state`, which Litestar copies for every request).
@@ -194,6 +199,9 @@ def create_app(
 
     def provide_senders() -> Senders:
         return wired[0].senders
+
+    def provide_optimization() -> OptimizationService:
+        return OptimizationService(wired[0].db, settings, optimization)
 
     def provide_pricing() -> PricingService:
         service = wired[0].pricing_service
@@ -256,6 +264,11 @@ def create_app(
                         refresh_cost_summaries(database, timedelta(seconds=settings.costs.summary_slack_s))
                     ),
                 )
+                local.every(
+                    "optimization_suggestions",
+                    optimization.refresh_interval_s,
+                    lambda: refresh_optimization(database, settings, optimization),
+                )
                 jobs = local
             if settings.prometheus_metrics_enabled:  # every replica reads the same figures
                 local.every(
@@ -304,6 +317,8 @@ def create_app(
         UsageEventController,
         CostController,
         refresh_summaries,
+        optimization_suggestions,
+        refresh_optimization_suggestions,
         BudgetController,
         AlertController,
         evaluate_now,
@@ -329,6 +344,7 @@ def create_app(
             "watch": Provide(provide_watch, sync_to_thread=False),
             "queries": Provide(provide_cost_queries, sync_to_thread=False),
             "senders": Provide(provide_senders, sync_to_thread=False),
+            "optimization": Provide(provide_optimization, sync_to_thread=False),
             "probe": Provide(provide_probe, sync_to_thread=False),
             "pricing": Provide(provide_pricing, sync_to_thread=False),
         },

@@ -18,6 +18,8 @@ from service.budgets.evaluate import evaluate_budgets
 from service.costs.summaries import refresh_cost_summaries
 from service.errors import StorageUnavailable
 from service.logs import request_id_var
+from service.optimization.jobs import refresh_optimization
+from service.optimization.settings import OptimizationSettings
 from service.pricing.service import PricingService
 from service.pricing.updates import load_state
 from service.settings import Settings
@@ -156,3 +158,13 @@ async def refresh_cost_summaries_job(ctx: dict[str, Any]) -> dict[str, Any]:
         raise _retry(ctx) from exc
     result: dict[str, Any] = msgspec.to_builtins(run)
     return result
+
+
+@carries_request_id
+async def refresh_optimization_job(ctx: dict[str, Any]) -> dict[str, Any]:
+    db: ClickHouse = ctx["db"]
+    settings: Settings = ctx["settings"]
+    try:
+        return await anyio.to_thread.run_sync(lambda: refresh_optimization(db, settings, OptimizationSettings()))
+    except StorageUnavailable as exc:
+        raise _retry(ctx) from exc

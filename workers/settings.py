@@ -26,6 +26,7 @@ from arq.worker import Function, Worker
 from service.alerts.senders import Senders
 from service.app import open_database
 from service.health.controller import HEARTBEAT_EVERY_S, HEARTBEAT_PREFIX, HEARTBEAT_TTL_MS
+from service.optimization.settings import OptimizationSettings
 from service.settings import Settings, get_settings
 from service.storage.clickhouse import ClickHouse
 from workers.jobs import (
@@ -34,6 +35,7 @@ from workers.jobs import (
     evaluate_budgets_job,
     pricing_update_job,
     refresh_cost_summaries_job,
+    refresh_optimization_job,
 )
 
 log = logging.getLogger("finops.worker")
@@ -86,6 +88,7 @@ def functions(settings: Settings) -> list[Function]:
         func(refresh_cost_summaries_job, name="cost_summaries", timeout=JOB_TIMEOUT_S, max_tries=MAX_TRIES),
         func(dispatch_alerts_job, name="dispatch_alerts", timeout=JOB_TIMEOUT_S, max_tries=MAX_TRIES),
         func(pricing_update_job, name="pricing_update", timeout=JOB_TIMEOUT_S * 4, max_tries=2),
+        func(refresh_optimization_job, name="optimization_suggestions", timeout=JOB_TIMEOUT_S, max_tries=MAX_TRIES),
         # one more try than attempts: the last attempt records a final failure itself
         func(
             deliver_alert_job,
@@ -118,6 +121,13 @@ def cron_jobs(settings: Settings) -> list[CronJob]:
             timeout=JOB_TIMEOUT_S * 4,
             max_tries=2,
             **cron_times(settings.pricing.update_interval_s),  # type: ignore[arg-type]
+        ),
+        cron(
+            refresh_optimization_job,
+            name="cron:optimization_suggestions",
+            timeout=JOB_TIMEOUT_S,
+            max_tries=MAX_TRIES,
+            **cron_times(OptimizationSettings().refresh_interval_s),  # type: ignore[arg-type]
         ),
         cron(
             dispatch_alerts_job,
