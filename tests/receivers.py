@@ -1,4 +1,4 @@
-"""A local HTTP server standing in for SendGrid, Twilio, Slack and webhook receivers.
+"""A local HTTP server standing in for SendGrid, Twilio, Slack, webhook receivers and price maps.
 
 It records every request (method, path, headers, body) and answers from a
 script per path: a list of (status, headers, body, delay) consumed in order,
@@ -56,12 +56,17 @@ class Receiver:
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                self.answer("GET", b"")
+
             def do_POST(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
-                body = self.rfile.read(length)
+                self.answer("POST", self.rfile.read(length))
+
+            def answer(self, method: str, body: bytes) -> None:
                 path = self.path.split("?", 1)[0]
                 with receiver.lock:
-                    receiver.requests.append(Received("POST", self.path, dict(self.headers.items()), body))
+                    receiver.requests.append(Received(method, self.path, dict(self.headers.items()), body))
                     script = receiver.scripts.get(path)
                     answer = script.pop(0) if script else receiver.default(path)
                 if answer.delay_s:

@@ -6,9 +6,12 @@
   distributed mode at least one `finops worker` has written its heartbeat
   (`finops:worker:*` in Redis, every 10 s, kept 30 s).
 
+- Pricing: the latest run of each price source.
+
 `/health/ready` and `/health` answer 503 when ClickHouse, migrations or Redis
-fail; no live worker makes `/health` say `degraded` (still 200: the API takes
-events, alerts wait for a worker). `/health/live` answers 200 while the process
+fail; no live worker, or a price source whose latest run failed, makes
+`/health` say `degraded` (still 200: the API takes events; alerts wait for a
+worker; prices stay as they were). `/health/live` answers 200 while the process
 serves requests.
 """
 
@@ -62,6 +65,25 @@ class HealthProbe:
                 components["redis"] = ComponentHealth("down", f"{type(exc).__name__}: {exc}")
         return components
 
+    async def pricing(self) -> ComponentHealth:
+        """The latest run of each price source: failed ones leave prices as they were."""
+        try:
+            rows = await anyio.to_thread.run_sync(
+                lambda: self.db.query(
+                    "SELECT source, toString(argMax(status, started_at)), argMax(error, started_at)"
+                    " FROM pricing_runs GROUP BY source ORDER BY source",
+                    label="health.pricing",
+                )
+            )
+        except StorageUnavailable:
+            return ComponentHealth("unknown", "ClickHouse unreachable")
+        if not rows:
+            return ComponentHealth("ok", "no price source has run yet")
+        failed = [f"{source}: {error}" for source, status, error in rows if status == "failed"]
+        if failed:
+            return ComponentHealth("failed", "; ".join(failed)[:500])
+        return ComponentHealth("ok", "latest runs of " + ", ".join(r[0] for r in rows) + " succeeded")
+
     async def workers(self) -> ComponentHealth:
         if self.embedded:
             if self.runner.alive():
@@ -114,7 +136,10 @@ async def health(probe: NamedDependency[HealthProbe]) -> Response[Health]:
     components = await probe.ready()
     ready = all(c.status == "ok" for c in components.values())
     components["workers"] = await probe.workers()
-    status = "unavailable" if not ready else "ok" if components["workers"].status == "ok" else "degraded"
+    if ready:
+        components["pricing"] = await probe.pricing()
+    extra_ok = all(components[name].status == "ok" for name in ("workers", "pricing") if name in components)
+    status = "unavailable" if not ready else "ok" if extra_ok else "degraded"
     return Response(Health(status, components), status_code=200 if ready else 503, headers=NO_STORE)
 
 

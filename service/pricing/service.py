@@ -211,6 +211,6 @@ class PricingService:
                 continue
             latest[(price.provider, price.model, price.region)] = stored
         return [
-            {**msgspec.to_builtins(s.price), "origin": s.origin, "version": s.version}
+            {"region": s.price.region, **msgspec.to_builtins(s.price), "origin": s.origin, "version": s.version}
             for _, s in sorted(latest.items())
         ]

@@ -204,6 +204,7 @@ def apply_prices(
         before = current.get(key)
         if not keep_dates:
             price = msgspec.structs.replace(price, effective_from=max(price.effective_from, now))
+            price = carry_over(price, before)
         reason = quarantine_reason(price, before, factor)
         if reason is not None:
             report.quarantined += 1
@@ -228,6 +229,22 @@ def apply_prices(
         db.insert("provider_pricing", rows, PRICING_COLUMNS, label="pricing.write")
     record_run(db, report, now)
     return report
+
+
+def carry_over(price: CatalogPrice, before: CatalogPrice | None) -> CatalogPrice:
+    """A source's price with what it does not state taken from the price in force: a map
+    that lists no batch discount or cache rate does not take ours away. Aliases are merged."""
+    if before is None:
+        return price
+    changes: dict[str, Any] = {
+        name: getattr(before, name)
+        for name in (*RATE_FIELDS, "batch_discount_pct", "long_context")
+        if getattr(price, name) is None and getattr(before, name) is not None
+    }
+    aliases = sorted(set(before.aliases) | set(price.aliases))
+    if aliases != sorted(price.aliases):
+        changes["aliases"] = aliases
+    return msgspec.structs.replace(price, **changes) if changes else price
 
 
 def _change(kind: str, price: CatalogPrice, before: CatalogPrice | None, reason: str) -> PriceChange:
