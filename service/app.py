@@ -369,6 +369,7 @@ def create_app(
             security=[{"BearerToken": []}],
         ),
         request_max_body_size=MAX_BODY_BYTES,
+        logging_config=None,  # `finops` configures logging (JSON lines, service/logs.py)
     )
     # Bodies decoded by the handlers themselves are documented from their msgspec Structs.
     openapi = app.plugins.get(OpenAPIPlugin).provide_openapi()

@@ -300,6 +300,8 @@ class Journey:
     sigterm_status: int | None = None
     service_logs: str = ""
     traced: httpx.Response | None = None
+    import_in_process: Run | None = None
+    reprice_via_api: Run | None = None
     traced_token: str = ""
     migrate_after_stop: Run | None = None
     demo_in_process: Run | None = None
@@ -345,11 +347,26 @@ def journey(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Journey]:
 
         result.migrate_after_stop = finops("migrate", env=env, cwd=cwd)
         result.demo_in_process = finops("demo", "--events", "50", env=env, cwd=cwd)
+        (cwd / "negotiated.json").write_text(
+            '{"format": "finops-catalog/1", "prices": [{"provider": "openai", "model": "acme-tutor",'
+            ' "effective_from": "2026-01-01T00:00:00Z", "input_per_mtok": "2", "output_per_mtok": "8"}]}'
+        )
+        result.import_in_process = finops("pricing", "import", "negotiated.json", env=env, cwd=cwd)
 
         restarted = Server(env, cwd, "restarted")
         servers.append(restarted)
         restarted.wait_healthy()
         result.listed_after_restart = list_all_events(restarted.url)
+        result.reprice_via_api = finops(
+            "pricing",
+            "reprice",
+            "--start",
+            "2026-01-01T00:00:00Z",
+            "--end",
+            "2100-01-01T00:00:00Z",
+            env={**env, "FINOPS_API_URL": restarted.url},
+            cwd=cwd,
+        )
         yield result
     finally:
         for server in servers:
@@ -367,6 +384,18 @@ def test_logs_are_json_lines_carrying_the_request_id_and_caller(journey: Journey
     assert (traced["route"], traced["status"], traced["method"]) == ("/budgets", 200, "GET")
     assert (traced["tenant_id"], traced["principal"]) == ("school-a", "tenant-admin@school-a")
     assert journey.traced_token not in journey.service_logs
+
+
+def test_pricing_commands_work_in_process_and_through_the_api(journey: Journey) -> None:
+    imported = _run(journey.import_in_process)
+    assert imported.returncode == 0, imported.stderr
+    assert json.loads(imported.stdout)["added"] == 1
+    repriced = _run(journey.reprice_via_api)
+    assert repriced.returncode == 0, repriced.stderr
+    assert "through the API" in repriced.stderr
+    summary = json.loads(repriced.stdout)
+    assert summary["events_examined"] >= 350  # every demo event the service priced
+    assert summary["events_corrected"] == 0  # nothing changed for them
 
 
 def test_demo_goes_through_the_running_api(journey: Journey) -> None:
