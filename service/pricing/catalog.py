@@ -100,6 +100,7 @@ _RATE_COLUMNS = (
     "output_per_kchar",
     "per_image",
 )
+RATE_COLUMNS = _RATE_COLUMNS  # the rate fields of a price, in column order
 _LC_COLUMNS = (
     "input_per_mtok",
     "output_per_mtok",

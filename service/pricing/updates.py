@@ -41,21 +41,15 @@ from service.pricing.catalog import (
     read_prices,
     to_row,
 )
+from service.pricing.catalog import (
+    RATE_COLUMNS as RATE_FIELDS,
+)
 from service.pricing.overrides import PricingState, TenantPrices, read_overrides
 from service.pricing.sources.base import SourceError, SourceResult
 from service.storage.clickhouse import ClickHouse
 
 log = logging.getLogger("finops.pricing")
 
-RATE_FIELDS = (
-    "input_per_mtok",
-    "output_per_mtok",
-    "cached_input_per_mtok",
-    "cache_write_per_mtok",
-    "input_per_kchar",
-    "output_per_kchar",
-    "per_image",
-)
 # A rate outside these bounds is read in the wrong unit, not a price.
 UNIT_BOUNDS = {"mtok": Decimal(10_000), "kchar": Decimal(100), "image": Decimal(100)}
 RUN_COLUMNS = (
