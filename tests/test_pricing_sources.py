@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -20,6 +21,7 @@ from service.pricing.catalog import CatalogPrice, LongContextRates
 from service.pricing.sources import (
     SourceError,
     fetch_bedrock,
+    fetch_gemini,
     fetch_litellm,
     fetch_openai,
     parse_litellm,
@@ -624,3 +626,252 @@ def test_bedrock_service_code_not_in_the_price_list_is_a_problem(serve: Callable
 def test_bedrock_without_credentials() -> None:
     with pytest.raises(SourceError, match="no AWS credentials"):
         fetch_bedrock("", "")
+
+
+# -- Google Gemini (Cloud Billing Catalog) -------------------------------------
+
+
+def sku(
+    description: str,
+    nanos: int,
+    *,
+    units: Any = "0",
+    unit: str = "count",
+    unit_description: str = "count",
+    regions: list[str] | None = None,
+    currency: str = "USD",
+    tiers: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    return {
+        "name": f"services/C7E2-9256-1C43/skus/{abs(hash(description)) % 10**12:012d}",
+        "skuId": "9A7B-1234-ABCD",
+        "description": description,
+        "category": {
+            "serviceDisplayName": "Vertex AI",
+            "resourceFamily": "ApplicationServices",
+            "resourceGroup": "Gemini",
+            "usageType": "OnDemand",
+        },
+        "serviceRegions": regions if regions is not None else ["global"],
+        "pricingInfo": [
+            {
+                "summary": "",
+                "pricingExpression": {
+                    "usageUnit": unit,
+                    "displayQuantity": 1,
+                    "tieredRates": tiers
+                    if tiers is not None
+                    else [
+                        {"startUsageAmount": 0, "unitPrice": {"currencyCode": currency, "units": units, "nanos": nanos}}
+                    ],
+                    "usageUnitDescription": unit_description,
+                    "baseUnit": unit,
+                    "baseUnitDescription": unit_description,
+                    "baseUnitConversionFactor": 1,
+                },
+                "currencyConversionRate": 1,
+                "effectiveTime": "2025-06-01T09:00:00.000Z",
+            }
+        ],
+        "serviceProviderName": "Google",
+    }
+
+
+def kchar(description: str, nanos: int, **kwargs: Any) -> dict[str, Any]:
+    document = sku(description, nanos, unit="k{char}", unit_description="thousand characters", **kwargs)
+    document["pricingInfo"][0]["pricingExpression"].update(baseUnit="{char}", baseUnitConversionFactor=1000)
+    return document
+
+
+VERTEX_SKUS = [
+    kchar("Gemini 1.5 Flash Input Text", 18_750, regions=["us-central1", "europe-west4"]),
+    kchar("Gemini 1.5 Flash Output Text", 75_000, regions=["us-central1"]),
+    sku("Gemini 1.5 Flash Input Image", 20_000, regions=["us-central1"]),
+    kchar("Gemini 1.5 Flash Long Input Text > 128K", 37_500, regions=["us-central1"]),
+    sku("Gemini 2.5 Pro Input Token Count (Prompts <= 200K)", 1_250),
+    sku("Gemini 2.5 Pro Input Token Count (Prompts > 200K)", 2_500),
+    sku("Gemini 2.5 Pro Output Token Count (Prompts <= 200K)", 10_000),
+    sku("Gemini 2.5 Pro Output Token Count (Prompts > 200K)", 15_000),
+    sku("Gemini 2.5 Pro Cached Input Token Count (Prompts <= 200K)", 310),
+    sku("Gemini 2.5 Pro Batch Input Token Count (Prompts <= 200K)", 625),
+    sku("Gemini 2.5 Pro Batch Output Token Count (Prompts <= 200K)", 5_000),
+    # the same rate in a region we do not read, and out-of-scope SKUs
+    sku("Gemini 2.5 Pro Input Token Count (Prompts <= 200K)", 1_375, regions=["europe-west4"]),
+    sku("Gemini 2.5 Pro Thinking Output Token Count", 35_000),
+    sku("Gemini 1.5 Flash Tuning Token", 8_000_000),
+    sku("Vertex AI Training n1-standard-4", 190_000_000, unit="h", unit_description="hour"),
+    sku("Gemini 2.5 Pro Context Cache Storage", 4_500_000, unit="h", unit_description="hour"),
+    # hostile and malformed
+    sku("Gemini 2.0 Flash Input Token Count", 150, currency="EUR"),
+    sku("Gemini 2.0 Flash Output Token Count", -600),
+    sku("Gemini 2.0 Flash Lite Input Characters", 75_000_000, unit="M{token}", unit_description="1 million tokens"),
+    sku("Gemini 2.0 Flash Lite Input Token Count", 75, unit="GiBy.mo", unit_description="gibibyte month"),
+    sku(
+        "Gemini 2.0 Flash Lite Output Token Count",
+        0,
+        tiers=[
+            {"startUsageAmount": 0, "unitPrice": {"currencyCode": "USD", "units": "0", "nanos": 0}},
+            {"startUsageAmount": 1000000, "unitPrice": {"currencyCode": "USD", "units": "0", "nanos": 300}},
+        ],
+    ),
+    sku("Gemini 2.0 Flash Cached Input Token Count", 25, units=["0"]),
+    sku("Gemini Ultra Input Token Count", 100),
+    {"skuId": "no-description"},
+]
+GEMINI_API_SKUS = [
+    sku("Gemini 1.5 Flash Input Token Count", 75_000_000, unit="1M{token}", unit_description="1 million tokens"),
+    sku("Gemini 1.5 Flash Output Token Count", 300_000_000, unit="1M{token}", unit_description="1 million tokens"),
+]
+SERVICES_PAGE_1 = {
+    "services": [
+        {"name": "services/6F81-5844-456A", "serviceId": "6F81-5844-456A", "displayName": "Compute Engine"},
+    ],
+    "nextPageToken": "services-2",
+}
+SERVICES_PAGE_2 = {
+    "services": [
+        {"name": "services/C7E2-9256-1C43", "serviceId": "C7E2-9256-1C43", "displayName": "Vertex AI"},
+        {"name": "services/AEFD-7695-64FA", "serviceId": "AEFD-7695-64FA", "displayName": "Gemini API"},
+    ]
+}
+
+
+def billing_catalog(request: Request) -> Answer:
+    token = request.query.get("pageToken", [""])[0]
+    if request.path == "/v1/services":
+        return ok(SERVICES_PAGE_2 if token == "services-2" else SERVICES_PAGE_1)
+    assert request.query["currencyCode"] == ["USD"]
+    if request.path == "/v1/services/C7E2-9256-1C43/skus":
+        half = len(VERTEX_SKUS) // 2
+        if token == "skus-2":
+            return ok({"skus": VERTEX_SKUS[half:]})
+        return ok({"skus": VERTEX_SKUS[:half], "nextPageToken": "skus-2"})
+    if request.path == "/v1/services/AEFD-7695-64FA/skus":
+        return ok({"skus": GEMINI_API_SKUS})
+    return 404, {}, b'{"error": {"code": 404, "message": "not found"}}'
+
+
+def test_gemini_maps_skus_to_models_units_and_tiers(serve: Callable[[Handler], Server]) -> None:
+    server = serve(billing_catalog)
+    result = fetch_gemini(api_key="AIza-local-key", base_url=server.url, timeout=5, now=NOW)
+    prices = by_model(result.prices)
+    assert set(prices) == {("gemini", "gemini-1.5-flash", ""), ("gemini", "gemini-2.5-pro", "")}
+    flash = prices["gemini", "gemini-1.5-flash", ""]
+    # Vertex AI bills characters: 18,750 nanos per 1,000 characters.
+    assert (flash.input_per_kchar, flash.output_per_kchar) == (D("0.00001875"), D("0.000075"))
+    assert flash.per_image == D("0.00002")
+    # the Gemini API bills tokens: 0.075 USD per million.
+    assert (flash.input_per_mtok, flash.output_per_mtok) == (D("0.075"), D("0.3"))
+    assert flash.long_context == LongContextRates(threshold_tokens=128_000, input_per_kchar=D("0.0000375"))
+    assert flash.effective_from == NOW
+    pro = prices["gemini", "gemini-2.5-pro", ""]
+    # 1,250 nanos per token = 1.25 USD per million tokens.
+    assert (pro.input_per_mtok, pro.output_per_mtok, pro.cached_input_per_mtok) == (D("1.25"), D("10"), D("0.31"))
+    assert pro.long_context == LongContextRates(
+        threshold_tokens=200_000, input_per_mtok=D("2.5"), output_per_mtok=D("15")
+    )
+    assert pro.batch_discount_pct == D("50")
+    assert pro.input_per_kchar is None
+
+    problems = "\n".join(result.problems)
+    for expected in (
+        "priced in 'EUR', not USD",
+        "'Gemini 2.0 Flash Output Token Count': negative price",
+        "unit mix-up: the description bills chars, the unit counts tokens",
+        "unknown unit 'GiBy.mo'",
+        "2 volume tiers are not modelled",
+        "unitPrice units/nanos are not integers",
+        "'Gemini Ultra Input Token Count': names no versioned Gemini model",
+        "skus[23]: not a SKU with a description",
+    ):
+        assert expected in problems, expected
+    # europe-west4 only, thinking, tuning, training, cache storage
+    assert result.ignored == 5
+    for request in server.requests:
+        assert request.query["key"] == ["AIza-local-key"]
+        assert "authorization" not in request.headers
+    assert [r.path for r in server.requests] == [
+        "/v1/services",
+        "/v1/services",
+        "/v1/services/C7E2-9256-1C43/skus",
+        "/v1/services/C7E2-9256-1C43/skus",
+        "/v1/services/AEFD-7695-64FA/skus",
+    ]
+
+
+def test_gemini_whole_source_failures(serve: Callable[[Handler], Server]) -> None:
+    def fetch(handler: Handler, **kwargs: Any) -> Any:
+        server = serve(handler)
+        return fetch_gemini(api_key="AIza-local-key", base_url=server.url, timeout=2, **kwargs)
+
+    denied = b'{"error": {"code": 403, "message": "API key AIza-local-key not valid", "status": "PERMISSION_DENIED"}}'
+    with pytest.raises(SourceError, match="HTTP 403") as raised:
+        fetch(lambda _request: (403, {}, denied))
+    assert "AIza-local-key" not in str(raised.value)
+    with pytest.raises(SourceError, match="HTTP 500"):
+        fetch(lambda _request: (500, {}, b"Internal error"))
+    with pytest.raises(SourceError, match="not JSON"):
+        fetch(lambda _request: (200, {"Content-Type": "text/html"}, b"<html><title>Sign in</title></html>"))
+    with pytest.raises(SourceError, match="no billing service named Vertex AI or Gemini API"):
+        fetch(lambda _request: ok(SERVICES_PAGE_1 | {"nextPageToken": ""}))
+    with pytest.raises(SourceError, match="without a `skus` array"):
+        fetch(lambda r: ok(SERVICES_PAGE_2) if r.path == "/v1/services" else ok({"skus": "none"}))
+    with pytest.raises(SourceError, match="paging loops"):
+        fetch(lambda r: ok(SERVICES_PAGE_2) if r.path == "/v1/services" else ok({"skus": [], "nextPageToken": "x"}))
+    counter = iter(range(10_000))
+    with pytest.raises(SourceError, match="did not end within 4 pages"):
+        fetch(
+            lambda r: (
+                ok(SERVICES_PAGE_2)
+                if r.path == "/v1/services"
+                else ok({"skus": [], "nextPageToken": f"t{next(counter)}"})
+            ),
+            max_pages=4,
+        )
+    with pytest.raises(SourceError, match="timed out"):
+        fetch(lambda r: (time.sleep(3), billing_catalog(r))[1])
+    with pytest.raises(SourceError, match="no credentials"):
+        fetch_gemini(base_url="http://127.0.0.1:9")
+
+
+def test_gemini_with_a_service_account_file_uses_a_bearer_token(
+    serve: Callable[[Handler], Server], tmp_path: Path
+) -> None:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    def token_endpoint(request: Request) -> Answer:
+        if request.path == "/token":
+            assert parse_qs(request.body.decode())["grant_type"] == ["urn:ietf:params:oauth:grant-type:jwt-bearer"]
+            return ok({"access_token": "ya29.local-token", "expires_in": 3600, "token_type": "Bearer"})
+        assert request.headers["authorization"] == "Bearer ya29.local-token"
+        assert "key" not in request.query
+        return billing_catalog(request)
+
+    server = serve(token_endpoint)
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    ).decode()
+    credentials = tmp_path / "service-account.json"
+    credentials.write_text(
+        json.dumps(
+            {
+                "type": "service_account",
+                "project_id": "finops-test",
+                "private_key_id": "local",
+                "private_key": pem,
+                "client_email": "pricing@finops-test.iam.gserviceaccount.com",
+                "client_id": "1",
+                "token_uri": f"{server.url}/token",
+            }
+        )
+    )
+    result = fetch_gemini(credentials_file=str(credentials), base_url=server.url, timeout=5, now=NOW)
+    assert ("gemini", "gemini-2.5-pro", "") in by_model(result.prices)
+    assert server.requests[0].path == "/token"
+
+    failing = serve(lambda _request: (400, {}, b'{"error": "invalid_grant"}'))
+    credentials.write_text(credentials.read_text().replace(server.url, failing.url))
+    with pytest.raises(SourceError, match="cannot get a token from the credentials file"):
+        fetch_gemini(credentials_file=str(credentials), base_url=failing.url, timeout=5)

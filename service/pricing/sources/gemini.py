@@ -42,6 +42,7 @@ from decimal import Decimal
 from typing import Any
 
 import httpx
+import msgspec
 
 from service.pricing.catalog import CatalogPrice, LongContextRates
 from service.pricing.sources.base import (
@@ -161,11 +162,18 @@ def fetch_gemini(
 def google_access_token(credentials_file: str, *, timeout: float = DEFAULT_TIMEOUT_S) -> str:
     """An OAuth access token from a service-account (or authorized-user) JSON file, via google-auth."""
     try:
-        google_auth = importlib.import_module("google.auth")
         transport = importlib.import_module("google.auth.transport.requests")
         auth_errors = importlib.import_module("google.auth.exceptions")
+        service_account = importlib.import_module("google.oauth2.service_account")
+        user_credentials = importlib.import_module("google.oauth2.credentials")
     except ImportError:
         raise SourceError(f"{SOURCE}: google-auth is not installed; use GOOGLE_API_KEY") from None
+    try:
+        with open(credentials_file, "rb") as file:
+            info = msgspec.json.decode(file.read())
+    except (OSError, msgspec.DecodeError):
+        raise SourceError(f"{SOURCE}: cannot read the credentials file as JSON") from None
+    kind = info.get("type") if isinstance(info, dict) else None
     session = transport.Request()
 
     def request(*args: Any, **kwargs: Any) -> Any:
@@ -173,9 +181,14 @@ def google_access_token(credentials_file: str, *, timeout: float = DEFAULT_TIMEO
         return session(*args, **kwargs)
 
     try:
-        credentials, _ = google_auth.load_credentials_from_file(credentials_file, scopes=[SCOPE])
+        if kind == "service_account":
+            credentials = service_account.Credentials.from_service_account_info(info, scopes=[SCOPE])
+        elif kind == "authorized_user":
+            credentials = user_credentials.Credentials.from_authorized_user_info(info, scopes=[SCOPE])
+        else:
+            raise SourceError(f"{SOURCE}: credentials of type {kind!r:.40} are not supported")
         credentials.refresh(request)
-    except (auth_errors.GoogleAuthError, OSError, ValueError) as exc:
+    except (auth_errors.GoogleAuthError, ValueError) as exc:
         raise SourceError(f"{SOURCE}: cannot get a token from the credentials file: {type(exc).__name__}") from None
     token = credentials.token
     if not isinstance(token, str) or not token:
