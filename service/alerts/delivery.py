@@ -32,6 +32,7 @@ import functools
 import hashlib
 import logging
 import random
+import threading
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -329,6 +330,7 @@ class LocalDelivery:
         self.db = db
         self.senders = senders
         self.claimed: set[str] = set()
+        self._claiming = threading.Lock()  # dispatch runs on worker threads, possibly two at once
         self._tasks: set[asyncio.Task[None]] = set()
         self._running: set[asyncio.Future[Any]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -345,6 +347,10 @@ class LocalDelivery:
         return len(tasks)
 
     def claim(self, tasks: Sequence[DeliveryTask]) -> list[DeliveryTask]:
+        with self._claiming:
+            return self._claim(tasks)
+
+    def _claim(self, tasks: Sequence[DeliveryTask]) -> list[DeliveryTask]:
         claimed: list[DeliveryTask] = []
         for task in tasks:
             mine = tuple(a for a, key in zip(task.alert_ids, task.claim_keys(), strict=True) if key not in self.claimed)
@@ -381,7 +387,8 @@ class LocalDelivery:
                 return
             await asyncio.sleep(retry_delay(number, settings, outcome.retry_after_s if outcome else None))
         # the attempts ran out on errors of our own (storage down): let a later sweep try again
-        self.claimed.difference_update(task.claim_keys())
+        with self._claiming:
+            self.claimed.difference_update(task.claim_keys())
 
     async def idle(self) -> None:
         """Wait until every started delivery has finished (for shutdown and tests)."""
