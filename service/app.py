@@ -46,7 +46,6 @@ from service.operations import Operations, RateLimits
 from service.optimization.controller import optimization_suggestions, refresh_optimization_suggestions
 from service.optimization.jobs import refresh_optimization
 from service.optimization.service import OptimizationService
-from service.optimization.settings import OptimizationSettings
 from service.pricing.calculator import PriceBook
 from service.pricing.catalog import read_prices, sync_bundled_catalog
 from service.pricing.controller import PricingController
@@ -167,7 +166,7 @@ def create_app(
             "INGEST_BUFFER_MAX_ROWS must be at least INGEST_MAX_BATCH_EVENTS, or large batches never fit"
         )
     verifier = TokenVerifier(settings.auth.jwt_secret, settings.auth.jwt_algorithm)
-    optimization = OptimizationSettings()
+    optimization = settings.optimization
 
     # Filled at start-up; the providers close over it (cheaper per request than
     # injecting `state`, which Litestar copies for every request).

@@ -229,6 +229,18 @@ class OperationsSettings:
 
 
 @dataclass(frozen=True)
+class OptimizationSettings:
+    refresh_interval_s: int = field(default_factory=lambda: _int("OPTIMIZATION_REFRESH_INTERVAL", 3600, 60))
+    """How often the job recomputes the default window's suggestions for every tenant."""
+    max_age_s: int = field(default_factory=lambda: _int("OPTIMIZATION_MAX_AGE", 7200, 1))
+    """A cached run older than this is stale (its window has slid too far)."""
+    new_events_grace_s: int = field(default_factory=lambda: _int("OPTIMIZATION_NEW_EVENTS_GRACE", 900))
+    """A cached run younger than this is served even when events arrived after it was computed."""
+    default_window_days: int = field(default_factory=lambda: _int("OPTIMIZATION_WINDOW_DAYS", 30, 1))
+    """The window the job keeps cached (the endpoint's default `window_days`)."""
+
+
+@dataclass(frozen=True)
 class Settings:
     server: ServerSettings = field(default_factory=ServerSettings)
     database: DatabaseSettings = field(default_factory=DatabaseSettings)
@@ -239,6 +251,7 @@ class Settings:
     alerts: AlertSettings = field(default_factory=AlertSettings)
     operations: OperationsSettings = field(default_factory=OperationsSettings)
     pricing: PricingSettings = field(default_factory=PricingSettings)
+    optimization: OptimizationSettings = field(default_factory=OptimizationSettings)
     redis_url: str = field(default_factory=lambda: _env("REDIS_URL", ""))
     """Redis for arq job queues and shared state; empty runs everything in-process (REDIS_URL)."""
     prometheus_metrics_enabled: bool = field(default_factory=lambda: _bool("PROMETHEUS_METRICS_ENABLED", True))

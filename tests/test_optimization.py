@@ -38,9 +38,11 @@ def wait_for_first_run(db: ClickHouse) -> None:
 
 
 @pytest.fixture
-def client(settings: Settings, db: ClickHouse, monkeypatch: pytest.MonkeyPatch) -> Iterator[Client]:
+def client(settings: Settings, db: ClickHouse) -> Iterator[Client]:
     """The whole app; a cached run is stale as soon as any event arrives after it (no grace)."""
-    monkeypatch.setenv("OPTIMIZATION_NEW_EVENTS_GRACE", "0")
+    settings = dataclasses.replace(
+        settings, optimization=dataclasses.replace(settings.optimization, new_events_grace_s=0)
+    )
     with TestClient(app=create_app(settings)) as test_client:
         wait_for_first_run(db)
         yield test_client

@@ -19,7 +19,6 @@ from service.costs.summaries import refresh_cost_summaries
 from service.errors import StorageUnavailable
 from service.logs import request_id_var
 from service.optimization.jobs import refresh_optimization
-from service.optimization.settings import OptimizationSettings
 from service.pricing.service import PricingService
 from service.pricing.updates import load_state
 from service.settings import Settings
@@ -165,6 +164,6 @@ async def refresh_optimization_job(ctx: dict[str, Any]) -> dict[str, Any]:
     db: ClickHouse = ctx["db"]
     settings: Settings = ctx["settings"]
     try:
-        return await anyio.to_thread.run_sync(lambda: refresh_optimization(db, settings, OptimizationSettings()))
+        return await anyio.to_thread.run_sync(lambda: refresh_optimization(db, settings, settings.optimization))
     except StorageUnavailable as exc:
         raise _retry(ctx) from exc

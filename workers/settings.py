@@ -26,7 +26,6 @@ from arq.worker import Function, Worker
 from service.alerts.senders import Senders
 from service.app import open_database
 from service.health.controller import HEARTBEAT_EVERY_S, HEARTBEAT_PREFIX, HEARTBEAT_TTL_MS
-from service.optimization.settings import OptimizationSettings
 from service.settings import Settings, get_settings
 from service.storage.clickhouse import ClickHouse
 from workers.jobs import (
@@ -127,7 +126,7 @@ def cron_jobs(settings: Settings) -> list[CronJob]:
             name="cron:optimization_suggestions",
             timeout=JOB_TIMEOUT_S,
             max_tries=MAX_TRIES,
-            **cron_times(OptimizationSettings().refresh_interval_s),  # type: ignore[arg-type]
+            **cron_times(settings.optimization.refresh_interval_s),  # type: ignore[arg-type]
         ),
         cron(
             dispatch_alerts_job,

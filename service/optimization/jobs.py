@@ -7,8 +7,7 @@ from typing import Any
 import msgspec
 
 from service.optimization.service import OptimizationService
-from service.optimization.settings import OptimizationSettings
-from service.settings import Settings
+from service.settings import OptimizationSettings, Settings
 from service.storage.clickhouse import ClickHouse
 
 

@@ -33,7 +33,6 @@ from service.optimization.analysis import analyse, iso, rank
 from service.optimization.data import read_window
 from service.optimization.pricing import Prices
 from service.optimization.schemas import RefreshResult, Suggestion, SuggestionList
-from service.optimization.settings import OptimizationSettings
 from service.optimization.store import (
     ALL_TENANTS,
     Run,
@@ -44,7 +43,7 @@ from service.optimization.store import (
     write_run,
 )
 from service.pricing.catalog import read_prices
-from service.settings import Settings
+from service.settings import OptimizationSettings, Settings
 from service.storage.clickhouse import ClickHouse
 
 HOUR = timedelta(hours=1)
