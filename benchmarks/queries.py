@@ -30,6 +30,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
+import json
 import os
 import random
 import resource
@@ -637,13 +639,14 @@ class Refresh:
 
 
 async def questions(
-    db: ClickHouse, load_figures: LoadFigures, args: argparse.Namespace
+    db: ClickHouse, load_figures: LoadFigures, args: argparse.Namespace, loaded_at: datetime | None = None
 ) -> tuple[list[Question], Refresh]:
     settings = CostSettings()
     slack = timedelta(seconds=settings.summary_slack_s)
     costs = CostService(CostQueries(db), settings.max_range_days, slack)
     admin = Principal(subject="finops-bench", role=Role.ADMIN, tenant_id=None)
-    now = datetime.now(UTC)  # one "now" for every run, so each run asks the same question
+    # One "now" for every run, so each run asks the same question; a reused load keeps its own.
+    now = loaded_at or datetime.now(UTC)
     month_ago = now - timedelta(days=30)
     midnight = now.replace(hour=0, minute=0, second=0, microsecond=0)
     tenant = load_figures.largest_tenant
@@ -814,29 +817,69 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--templates", type=int, default=50_000, help="distinct priced event templates")
     parser.add_argument("--seed", type=int, default=11, help="random seed")
     parser.add_argument("--keep", action="store_true", help="keep the temporary chDB directory")
+    parser.add_argument(
+        "--data",
+        type=Path,
+        default=None,
+        help="chDB directory to keep the loaded events in and reuse on later runs (pending migrations are "
+        "applied and cost_summaries is emptied; the questions use the load's 'now')",
+    )
     args = parser.parse_args(argv)
     if args.events < 1 or args.days < 31 or args.runs < 1 or args.chunk < 1 or args.learners < len(TENANTS):
         parser.error("need --events >= 1, --days >= 31, --runs >= 1, --chunk >= 1, --learners >= 6")
     return args
 
 
+LOADED = "loaded.json"
+
+
+def reusable(workdir: Path, args: argparse.Namespace) -> dict[str, Any] | None:
+    """The figures of an earlier load into `workdir` with the same options, if there is one."""
+    path = workdir / LOADED
+    if not path.exists():
+        return None
+    saved: dict[str, Any] = json.loads(path.read_text())
+    same = {k: getattr(args, k) for k in ("events", "days", "learners", "templates", "seed", "chunk")}
+    if saved.get("options") != same:
+        raise RuntimeError(f"{path} holds a load with other options: {saved.get('options')}; use another --data")
+    return saved
+
+
+def remember(workdir: Path, args: argparse.Namespace, figures: LoadFigures, now: datetime) -> None:
+    options = {k: getattr(args, k) for k in ("events", "days", "learners", "templates", "seed", "chunk")}
+    (workdir / LOADED).write_text(
+        json.dumps({"options": options, "now": now.isoformat(), "figures": dataclasses.asdict(figures)})
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    workdir = Path(tempfile.mkdtemp(prefix="finops-bench-queries-"))
-    db = ClickHouse(f"chdb://{workdir / 'ch'}", DATABASE)
-    say(f"finops-svc cost-query benchmark; scratch dir {workdir}")
+    workdir = args.data or Path(tempfile.mkdtemp(prefix="finops-bench-queries-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    db = ClickHouse(f"chdb://{workdir.resolve() / 'ch'}", DATABASE)
+    say(f"finops-svc cost-query benchmark; {'data' if args.data else 'scratch'} dir {workdir}")
     asked: list[Question] = []
     try:
-        say("migrate: applying migrations to a fresh database")
+        saved = reusable(workdir, args)
+        say("migrate: applying pending migrations")
         applied = migrate(db)
         say(f"migrate: {len(applied)} migrations applied")
-        now = datetime.now(UTC)
-        now = now.replace(microsecond=now.microsecond - now.microsecond % 1000)
-        load_figures = load(db, args, now)
+        if saved is None:
+            now = datetime.now(UTC)
+            now = now.replace(microsecond=now.microsecond - now.microsecond % 1000)
+            load_figures = load(db, args, now)
+            if args.data:
+                remember(workdir, args, load_figures, now)
+        else:
+            now = datetime.fromisoformat(saved["now"])
+            load_figures = LoadFigures(**saved["figures"])
+            say(f"load: reusing {load_figures.events:,} events loaded at {now.isoformat()} (their 'now')")
+            for table in ("cost_summaries", "cost_summary_runs"):
+                db.command(f"TRUNCATE TABLE {table}", label="bench.reset")
         parts = table_parts(db)
         for part in parts:
             say(f"parts: {part.table}: {part.parts} active parts, {part.rows:,} rows")
-        asked, refresh = asyncio.run(questions(db, load_figures, args))
+        asked, refresh = asyncio.run(questions(db, load_figures, args, now if saved else None))
         parts_after = table_parts(db)
         say("parts after the queries (background merges): " + ", ".join(f"{p.table} {p.parts}" for p in parts_after))
     except (RuntimeError, OSError, DomainError) as exc:
@@ -844,7 +887,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     finally:
         db.close()
-        if args.keep:
+        if args.keep or args.data:
             say(f"kept {workdir}")
         else:
             shutil.rmtree(workdir, ignore_errors=True)

@@ -42,6 +42,7 @@ class Segment:
     source: Source
     start: datetime
     end: datetime
+    sign: int = 1  # -1: rows taken away (see `plan_to_day_end`)
 
 
 def _ceil(moment: datetime, step: timedelta) -> datetime:
@@ -93,3 +94,35 @@ def plan(start: datetime, end: datetime, granularity: Granularity, tz: str) -> l
     if last_hour < end:
         segments.append(Segment("usage_events", last_hour, end))
     return segments
+
+
+# A range may end this close before the present and still be "ending now".
+NOW_SLACK = timedelta(minutes=5)
+
+
+def plan_to_day_end(
+    start: datetime, end: datetime, granularity: Granularity, tz: str, now: datetime | None = None
+) -> list[Segment]:
+    """`plan`, except that a range ending inside a UTC day it does not start in may read that
+    whole day from `usage_daily` less the raw events from `end` to the next midnight
+    (a segment with sign -1), instead of its hours from `usage_hourly` and the partial hour
+    from the raw events. When `end` is now, the events taken away are those stamped in the
+    future: next to none. Used when that is at most as much raw time as the hours it
+    replaces, or when the range ends now. Totals stay exact: every event of the day is in
+    its `usage_daily` rows, and those at or after `end` are subtracted."""
+    segments = plan(start, end, granularity, tz)
+    start, end = start.astimezone(UTC), end.astimezone(UTC)
+    last_day = _floor(end, DAY)
+    following = last_day + DAY
+    daily_fits = granularity == "none" or (granularity in ("day", "week", "month") and tz in UTC_NAMES)
+    if not daily_fits or last_day <= start or last_day == end:
+        return segments
+    recent = now is not None and end >= now.astimezone(UTC) - NOW_SLACK
+    if not recent and following - end > end - last_day:
+        return segments
+    kept = [Segment(s.source, s.start, min(s.end, last_day), s.sign) for s in segments if s.start < last_day]
+    if kept and kept[-1].source == "usage_daily":
+        kept[-1] = Segment("usage_daily", kept[-1].start, following)
+    else:
+        kept.append(Segment("usage_daily", last_day, following))
+    return [*kept, Segment("usage_events", end, following, -1)]

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any, Literal
 
 from service.auth.principal import TenantScope
-from service.costs.plan import Granularity, Segment, plan
+from service.costs.plan import UTC_NAMES, Granularity, Segment, plan_to_day_end
 from service.storage.clickhouse import ClickHouse
 
 Dimension = Literal["tenant_id", "service", "learner_id", "provider", "model", "region"]
@@ -32,31 +33,47 @@ ORDERS = {
 }
 
 # Each source as rows of (dimensions, t, counts, cost) with identical types.
-_ROLLUP_MEASURES = ", ".join([*COUNTS, "cost_usd"])
-_RAW_MEASURES = ", ".join(
-    [
-        "toUInt64(record_type = 'usage') AS events",
-        "toInt64(record_type = 'usage' AND pricing_status = 'unpriced')"
-        " - toInt64(record_type = 'correction' AND metadata['resolves_unpriced'] = '1') AS unpriced_events",
-        *COUNTS[2:],
-        "toDecimal128(ifNull(cost_usd, toDecimal64(0, 12)), 12) AS cost_usd",
-    ]
+_ROLLUP_MEASURE_LIST = (*COUNTS, "cost_usd")
+_ROLLUP_MEASURES = ", ".join(_ROLLUP_MEASURE_LIST)
+# Raw rows, without `metadata`: every column here is in the projection `events_by_time`
+# (migration 0011), which holds the raw events ordered by time, so a partial hour at
+# the edge of a range reads a few granules instead of one or more per tenant and service.
+_RAW_MEASURE_LIST = (
+    "toUInt64(record_type = 'usage') AS events",
+    "toInt64(record_type = 'usage' AND pricing_status = 'unpriced') AS unpriced_events",
+    *COUNTS[2:],
+    "toDecimal128(ifNull(cost_usd, toDecimal64(0, 12)), 12) AS cost_usd",
 )
+_RAW_MEASURES = ", ".join(_RAW_MEASURE_LIST)
+# A correction that prices an unpriced event takes it out of unpriced_events; its cost
+# delta is in the rows above. Only correction rows are read for this (PREWHERE).
+_RESOLVED_MEASURE_LIST = (
+    "toUInt64(0) AS events",
+    "toInt64(-1) AS unpriced_events",
+    *(f"toUInt64(0) AS {name}" for name in COUNTS[2:]),
+    "toDecimal128(0, 12) AS cost_usd",
+)
+_RESOLVED = "record_type = 'correction'"
+_RESOLVED_WHERE = "metadata['resolves_unpriced'] = '1'"
 _SOURCES = {
     "usage_daily": (
         "toDateTime(bucket, 'UTC')",
         "bucket >= toDate({s%(i)d:DateTime('UTC')}) AND bucket < toDate({e%(i)d:DateTime('UTC')})",
-        _ROLLUP_MEASURES,
+        _ROLLUP_MEASURE_LIST,
     ),
     "usage_hourly": (
         "bucket",
         "bucket >= {s%(i)d:DateTime('UTC')} AND bucket < {e%(i)d:DateTime('UTC')}",
-        _ROLLUP_MEASURES,
+        _ROLLUP_MEASURE_LIST,
     ),
     "usage_events": (
         "toDateTime(event_time, 'UTC')",
-        "event_time >= {s%(i)d:DateTime64(3, 'UTC')} AND event_time < {e%(i)d:DateTime64(3, 'UTC')}",
-        _RAW_MEASURES,
+        # the hour bounds let the primary key (tenant, service, hour, ...) skip granules
+        # in parts the projection does not cover yet
+        "event_time >= {s%(i)d:DateTime64(3, 'UTC')} AND event_time < {e%(i)d:DateTime64(3, 'UTC')}"
+        " AND toStartOfHour(event_time) >= toStartOfHour({s%(i)d:DateTime64(3, 'UTC')})"
+        " AND toStartOfHour(event_time) <= toStartOfHour({e%(i)d:DateTime64(3, 'UTC')})",
+        _RAW_MEASURE_LIST,
     ),
 }
 
@@ -119,22 +136,246 @@ class CostRow:
 _WITHOUT_LEARNER = {"usage_daily": "usage_daily_totals", "usage_hourly": "usage_hourly_totals"}
 
 
+def _signed(measures: Sequence[str], sign: int) -> str:
+    """The measures (`expression AS name`, or a bare column), negated for sign -1: the
+    UInt64 counts times 2^64 - 1 (their sums wrap back to the exact difference), the
+    signed ones times -1."""
+    if sign == 1:
+        return ", ".join(measures)
+    out = []
+    for part in measures:
+        expression, _, name = part.rpartition(" AS ")
+        expression, name = (expression, name) if expression else (part, part)
+        factor = "toInt64(-1)" if name in ("unpriced_events", "cost_usd") else f"toUInt64({-1 % 2**64})"
+        out.append(f"({expression}) * {factor} AS {name}")
+    return ", ".join(out)
+
+
 def union_sql(
     segments: Sequence[Segment], dimensions: Sequence[str], filters: CostFilter, params: dict[str, Any]
 ) -> str:
-    """One UNION ALL over the segments, each from its own table."""
+    """One UNION ALL over the segments: one branch per table, its segments' ranges OR'd
+    (and, for the raw events, a second branch for corrections that resolve unpriced events)."""
     branches = []
     where_common = filters.where(params)
     columns = ", ".join(dimensions)
     learner = "learner_id" in dimensions or bool(filters.values.get("learner_id")) or bool(filters.learner_search)
+    ranges: dict[tuple[str, int], list[str]] = {}
     for index, segment in enumerate(segments):
-        time_sql, range_sql, measures = _SOURCES[segment.source]
-        table = segment.source if learner else _WITHOUT_LEARNER.get(segment.source, segment.source)
         params[f"s{index}"] = segment.start
         params[f"e{index}"] = segment.end
-        where = " AND ".join([range_sql % {"i": index}, *where_common])
-        select = ", ".join(part for part in (columns, f"{time_sql} AS t", measures) if part)
+        ranges.setdefault((segment.source, segment.sign), []).append(f"({_SOURCES[segment.source][1] % {'i': index}})")
+    for (source, sign), found in ranges.items():
+        time_sql, _, measures = _SOURCES[source]
+        table = source if learner else _WITHOUT_LEARNER.get(source, source)
+        where = " AND ".join([f"({' OR '.join(found)})", *where_common])
+        select = ", ".join(part for part in (columns, f"{time_sql} AS t", _signed(measures, sign)) if part)
         branches.append(f"SELECT {select} FROM {table} WHERE {where}")
+        if source == "usage_events":
+            select = ", ".join(
+                part for part in (columns, f"{time_sql} AS t", _signed(_RESOLVED_MEASURE_LIST, sign)) if part
+            )
+            branches.append(f"SELECT {select} FROM {table} PREWHERE {_RESOLVED} AND {where} WHERE {_RESOLVED_WHERE}")
+    return "\nUNION ALL\n".join(branches)
+
+
+# -- the learner rollup -------------------------------------------------------
+#
+# `usage_learner_rollup` (migration 0011) holds one row per tenant, learner and
+# UTC day, week (from Monday) and month. It answers the whole-day part of a
+# question about learners that groups and filters on nothing but the tenant and
+# the learner (the by-learner ranking, learner budgets): months first, then
+# weeks, then days, each only where its buckets fit inside the range and inside
+# the answer's buckets. The hourly and raw edges stay as `plan` cuts them.
+
+LEARNER_ROLLUP = "usage_learner_rollup"
+_LEARNER_KEYS = frozenset({"tenant_id", "learner_id"})
+# Grains whose buckets nest in each granularity's (UTC) buckets, coarsest first.
+_LEARNER_GRAINS: dict[str, tuple[str, ...]] = {
+    "none": ("month", "week", "day"),
+    "month": ("month", "day"),
+    "week": ("week", "day"),
+    "day": ("day",),
+}
+
+
+@dataclass(frozen=True)
+class GrainSpan:
+    """Buckets of one grain of the learner rollup starting in [start, end) (UTC days),
+    added (sign 1) or taken away (sign -1)."""
+
+    grain: str
+    start: date
+    end: date
+    sign: int = 1
+
+
+# Rows read per bucket, relative to a day's: a rough guess, only used to choose between
+# covers that are all exact (more learners show up in a week or a month than in a day).
+_GRAIN_WEIGHT = {"day": 1, "week": 3, "month": 6}
+
+
+def _grain_floor(day: date, grain: str) -> date:
+    if grain == "month":
+        return day.replace(day=1)
+    if grain == "week":
+        return day - timedelta(days=day.weekday())
+    return day
+
+
+def _grain_next(bucket: date, grain: str) -> date:
+    if grain == "month":
+        return date(bucket.year + bucket.month // 12, bucket.month % 12 + 1, 1)
+    return bucket + timedelta(days=7 if grain == "week" else 1)
+
+
+def _grain_ceil(day: date, grain: str) -> date:
+    floor = _grain_floor(day, grain)
+    return floor if floor == day else _grain_next(floor, grain)
+
+
+def _month_ceil(day: date) -> date:
+    return _grain_ceil(day, "month")
+
+
+def _cover_cost(spans: Sequence[GrainSpan], today: date) -> int:
+    """Buckets read, weighted by grain; buckets after `today` hold (next to) nothing."""
+    cost = 0
+    for span in spans:
+        bucket = span.start
+        while bucket < span.end and bucket <= today:
+            cost += _GRAIN_WEIGHT[span.grain]
+            bucket = _grain_next(bucket, span.grain)
+    return cost
+
+
+def _today() -> date:
+    return datetime.now(UTC).date()
+
+
+def _negate(spans: Sequence[GrainSpan]) -> list[GrainSpan]:
+    return [GrainSpan(s.grain, s.start, s.end, -s.sign) for s in spans]
+
+
+def _grain_cover(start: date, end: date, grains: Sequence[str], today: date | None = None) -> list[GrainSpan]:
+    """[start, end) as signed buckets of the grains: each day counted once in all.
+
+    Without `today`, only buckets inside the range, coarsest first. With it, a
+    coarse bucket may also reach past either end, less the days it holds outside the
+    range (`month - the days after the end` when the range ends in the current
+    month), whichever reads the fewest rows by `_cover_cost`."""
+    if start >= end:
+        return []
+    grain, finer = grains[0], grains[1:]
+    if grain == "day":
+        return [GrainSpan("day", start, end)]
+    inner = (_grain_ceil(start, grain), _grain_floor(end, grain))
+    outer = (_grain_floor(start, grain), _grain_ceil(end, grain))
+    options = [_grain_cover(start, end, finer, today)]
+    sides = [("in", "in")] if today is None else [("in", "in"), ("in", "out"), ("out", "in"), ("out", "out")]
+    for left, right in sides:
+        low = inner[0] if left == "in" else outer[0]
+        high = inner[1] if right == "in" else outer[1]
+        if low >= high:
+            continue
+        before = (
+            _grain_cover(start, low, finer, today) if low >= start else _negate(_grain_cover(low, start, finer, today))
+        )
+        after = _grain_cover(high, end, finer, today) if high <= end else _negate(_grain_cover(end, high, finer, today))
+        options.append([*before, GrainSpan(grain, low, high), *after])
+    if today is None:
+        return options[-1]
+    return min(options, key=lambda spans: _cover_cost(spans, today))
+
+
+def _net(spans: Sequence[GrainSpan]) -> dict[int, list[GrainSpan]]:
+    """The spans' buckets netted per (grain, bucket), as ranges grouped by their net sign."""
+    signs: dict[tuple[str, date], int] = defaultdict(int)
+    for span in spans:
+        bucket = span.start
+        while bucket < span.end:
+            signs[(span.grain, bucket)] += span.sign
+            bucket = _grain_next(bucket, span.grain)
+    out: dict[int, list[GrainSpan]] = defaultdict(list)
+    for (grain, bucket), sign in sorted(signs.items()):
+        if not sign:
+            continue
+        found = out[sign]
+        last = found[-1] if found else None
+        if last is not None and last.grain == grain and last.end == bucket:
+            found[-1] = GrainSpan(grain, last.start, _grain_next(bucket, grain), sign)
+        else:
+            found.append(GrainSpan(grain, bucket, _grain_next(bucket, grain), sign))
+    return dict(out)
+
+
+def learner_rollup_fits(dimensions: Sequence[str], filters: CostFilter, granularity: Granularity, tz: str) -> bool:
+    """Whether the learner rollup can answer the whole-day part of this question."""
+    learner = "learner_id" in dimensions or bool(filters.values.get("learner_id")) or bool(filters.learner_search)
+    filtered = {name for name, values in filters.values.items() if values}
+    utc = granularity == "none" or tz in UTC_NAMES
+    return learner and utc and granularity in _LEARNER_GRAINS and set(dimensions) | filtered <= _LEARNER_KEYS
+
+
+def learner_union_sql(
+    segments: Sequence[Segment],
+    dimensions: Sequence[str],
+    filters: CostFilter,
+    params: dict[str, Any],
+    granularity: Granularity,
+) -> str:
+    """`union_sql`, with every `usage_daily` segment read from the learner rollup in one
+    branch; only for questions where `learner_rollup_fits`."""
+    days = [segment for segment in segments if segment.source == "usage_daily"]
+    others = [segment for segment in segments if segment.source != "usage_daily"]
+    branches = [union_sql(others, dimensions, filters, params)] if others else []
+    today = _today()
+    spans = [
+        span
+        for segment in days
+        for span in _grain_cover(
+            segment.start.astimezone(UTC).date(),
+            segment.end.astimezone(UTC).date(),
+            _LEARNER_GRAINS[granularity],
+            today,
+        )
+    ]
+    by_sign = _net(spans)
+    if by_sign:
+        # One branch: each row's (grain, bucket) is in the ranges of one net sign; a
+        # negative sign multiplies the UInt64 counts by 2^64 - 1 (their sums wrap back).
+        conditions: dict[int, str] = {}
+        index = 0
+        for sign, found in sorted(by_sign.items()):
+            ranges = []
+            for span in found:
+                params[f"lg{index}"] = span.grain
+                params[f"ls{index}"] = span.start
+                params[f"le{index}"] = span.end
+                ranges.append(
+                    f"(grain = {{lg{index}:String}} AND bucket >= {{ls{index}:Date}} AND bucket < {{le{index}:Date}})"
+                )
+                index += 1
+            conditions[sign] = " OR ".join(ranges)
+        where = " AND ".join([f"({' OR '.join(conditions.values())})", *filters.where(params)])
+        if set(conditions) == {1}:
+            measures = _ROLLUP_MEASURES
+        else:
+            cases = list(conditions.items())
+            unsigned = "multiIf(" + ", ".join(f"{c}, toUInt64({sign % 2**64})" for sign, c in cases[:-1])
+            unsigned += f", toUInt64({cases[-1][0] % 2**64}))"
+            signed = "multiIf(" + ", ".join(f"{c}, toInt64({sign})" for sign, c in cases[:-1])
+            signed += f", toInt64({cases[-1][0]}))"
+            measures = ", ".join(
+                [
+                    f"events * {unsigned} AS events",
+                    f"unpriced_events * {signed} AS unpriced_events",
+                    *(f"{name} * {unsigned} AS {name}" for name in COUNTS[2:]),
+                    f"cost_usd * {signed} AS cost_usd",
+                ]
+            )
+        select = ", ".join(part for part in (", ".join(dimensions), "toDateTime(bucket, 'UTC') AS t", measures) if part)
+        branches.append(f"SELECT {select} FROM {LEARNER_ROLLUP} WHERE {where}")
     return "\nUNION ALL\n".join(branches)
 
 
@@ -157,16 +398,20 @@ class CostQueries:
         offset: int = 0,
     ) -> tuple[str, dict[str, Any]] | None:
         """The SQL for rows per group (and bucket), ordered by `order_by` descending; None for an empty range."""
-        segments = plan(filters.start, filters.end, granularity, tz)
+        segments = plan_to_day_end(filters.start, filters.end, granularity, tz, datetime.now(UTC))
         if not segments:
             return None
         params: dict[str, Any] = {"tz": tz}
         bucket = bucket_sql(granularity)
         keys = [*group_by, *(["bucket"] if bucket else [])]
         select_keys = [*group_by, *([f"{bucket} AS bucket"] if bucket else [])]
+        if learner_rollup_fits(group_by, filters, granularity, tz):
+            union = learner_union_sql(segments, group_by, filters, params, granularity)
+        else:
+            union = union_sql(segments, group_by, filters, params)
         sql = (
             f"SELECT {', '.join([*select_keys, _SUMS])} "
-            f"FROM ({union_sql(segments, group_by, filters, params)}) "
+            f"FROM ({union}) "
             + (f"GROUP BY {', '.join(keys)} " if keys else "")
             + f"ORDER BY {ORDERS[order_by]} DESC{''.join(', ' + k for k in keys)}"
         )
@@ -175,6 +420,34 @@ class CostQueries:
             params["limit"] = limit
             params["offset"] = offset
         return sql, params
+
+    def ranked_with_total(
+        self, filters: CostFilter, dimension: str, limit: int, label: str = "costs.ranked"
+    ) -> tuple[list[CostRow], Totals]:
+        """The `limit` costliest rows per `dimension` over the whole range, and the total of
+        every row, from one query (GROUPING SETS ((dimension), ()))."""
+        segments = plan_to_day_end(filters.start, filters.end, "none", "UTC", datetime.now(UTC))
+        if not segments:
+            return [], Totals(Decimal(0), dict.fromkeys(COUNTS, 0))
+        params: dict[str, Any] = {"limit": limit + 1}
+        if learner_rollup_fits([dimension], filters, "none", "UTC"):
+            union = learner_union_sql(segments, [dimension], filters, params, "none")
+        else:
+            union = union_sql(segments, [dimension], filters, params)
+        sql = (
+            f"SELECT {dimension}, grouping({dimension}) AS level, {_SUMS} FROM ({union}) "
+            f"GROUP BY GROUPING SETS (({dimension}), ()) "
+            f"ORDER BY level DESC, cost_usd DESC, {dimension} LIMIT {{limit:UInt64}}"
+        )
+        rows: list[CostRow] = []
+        totals = Totals(Decimal(0), dict.fromkeys(COUNTS, 0))  # no total row when nothing matched
+        for row in self.db.query(sql, params, label=label):
+            found = to_cost_row((row[0], *row[2:]), [dimension], False)
+            if int(row[1]):  # grouping(dimension) = 1: the () set, every row
+                totals = Totals(found.cost_usd, found.counts)
+            else:
+                rows.append(found)
+        return rows, totals
 
     def grouped(
         self,
@@ -204,6 +477,45 @@ class CostQueries:
         with self.db.stream_rows(*query, label="costs.export") as blocks:
             for block in blocks:
                 yield [to_cost_row(row, group_by, granularity != "none") for row in block]
+
+    def breakdown(
+        self, filters: CostFilter, granularity: Granularity, tz: str, label: str = "costs.breakdown"
+    ) -> Breakdown:
+        """Per bucket: the whole, by service and by model, from one GROUPING SETS query over the rollups."""
+        segments = plan_to_day_end(filters.start, filters.end, granularity, tz, datetime.now(UTC))
+        if not segments:
+            return Breakdown([], [], [])
+        params: dict[str, Any] = {"tz": tz}
+        bucket = bucket_sql(granularity) or "0"
+        sql = (
+            f"SELECT service, model, {bucket} AS bucket, grouping(service, model) AS level, {_SUMS} "
+            f"FROM ({union_sql(segments, ['service', 'model'], filters, params)}) "
+            "GROUP BY GROUPING SETS ((bucket), (bucket, service), (bucket, model))"
+        )
+        return _breakdown(self.db.query(sql, params, label=label))
+
+    def precomputed_breakdown(self, filters: CostFilter, period: str, label: str = "costs.precomputed") -> Breakdown:
+        """`breakdown` from `cost_summaries`, for UTC periods starting in [filters.start, filters.end);
+        the range must hold whole periods."""
+        params: dict[str, Any] = {
+            "period": period,
+            "first": filters.start.astimezone(UTC).date(),
+            "last": filters.end.astimezone(UTC).date(),
+        }
+        where = " AND ".join(
+            [
+                "period = {period:String}",
+                "period_start >= {first:Date}",
+                "period_start < {last:Date}",
+                *filters.where(params),
+            ]
+        )
+        sql = (
+            "SELECT service, model, toUnixTimestamp(toDateTime(period_start, 'UTC')) AS bucket, "
+            f"grouping(service, model) AS level, {_SUMS} FROM cost_summaries FINAL WHERE {where} "
+            "GROUP BY GROUPING SETS ((bucket), (bucket, service), (bucket, model))"
+        )
+        return _breakdown(self.db.query(sql, params, label=label))
 
     def precomputed(
         self, filters: CostFilter, period: str, dimension: str | None, label: str = "costs.precomputed"
@@ -281,6 +593,35 @@ class CostQueries:
         if not rows:
             return Totals(Decimal(0), dict.fromkeys(COUNTS, 0))
         return Totals(rows[0].cost_usd, rows[0].counts)
+
+
+@dataclass
+class Breakdown:
+    """Rows per bucket: the whole period, and per service and per model (each ordered by cost, descending)."""
+
+    periods: list[CostRow]
+    services: list[CostRow]
+    models: list[CostRow]
+
+
+def _breakdown(rows: Sequence[Sequence[Any]]) -> Breakdown:
+    """Rows of `service, model, bucket, level, COUNTS..., cost_usd` from GROUPING SETS
+    ((bucket), (bucket, service), (bucket, model)); `level` is grouping(service, model)
+    (a bit is set for a column that is aggregated away)."""
+    out = Breakdown([], [], [])
+    for row in rows:
+        counts = {name: int(row[4 + i]) for i, name in enumerate(COUNTS)}
+        cost = row[4 + len(COUNTS)]
+        level = int(row[3])
+        if level == 3:
+            out.periods.append(CostRow({}, int(row[2]), cost, counts))
+        elif level == 1:
+            out.services.append(CostRow({"service": row[0] or None}, int(row[2]), cost, counts))
+        else:
+            out.models.append(CostRow({"model": row[1] or None}, int(row[2]), cost, counts))
+    for found, name in ((out.services, "service"), (out.models, "model")):
+        found.sort(key=lambda row: (-row.cost_usd, row.keys[name] or ""))
+    return out
 
 
 def to_cost_row(row: Sequence[Any], group_by: Sequence[str], bucketed: bool) -> CostRow:

@@ -19,7 +19,7 @@ import msgspec
 from service.auth.principal import Principal, Role
 from service.costs.periods import Period, next_period, period_start, previous_period
 from service.costs.plan import UTC_NAMES, Granularity
-from service.costs.query import COUNTS, DIMENSIONS, ORDERS, CostFilter, CostQueries, CostRow, Totals
+from service.costs.query import COUNTS, DIMENSIONS, ORDERS, Breakdown, CostFilter, CostQueries, CostRow, Totals
 from service.costs.schemas import (
     CostQueryResult,
     CostSummary,
@@ -241,6 +241,8 @@ class CostService:
         ranked = CostFilter(filters.scope, filters.start, filters.end, dict(filters.values), search or None)
 
         def run() -> tuple[list[CostRow], Totals]:
+            if ranked.learner_search is None:  # the ranking and the total in one query
+                return self.queries.ranked_with_total(filters, "learner_id", limit + 1)
             rows = self.queries.grouped(ranked, ["learner_id"], "none", "UTC", limit=limit + 1)
             return rows, self.queries.total(filters)
 
@@ -310,37 +312,36 @@ class CostService:
         before = previous_period(first, period, zone)
         granularity: Granularity = period  # type: ignore[assignment]
 
-        def run() -> tuple[list[CostRow], list[CostRow], list[CostRow], Totals, datetime | None]:
+        def run() -> tuple[Breakdown, datetime | None]:
             # Whole UTC periods that ended before the last summary refresh come from
-            # cost_summaries; the rest (and every other zone or filter) from the rollups.
+            # cost_summaries; the rest (and every other zone or filter) from the rollups,
+            # each in one GROUPING SETS query (per period, per service, per model).
             split = before
             if tz in UTC_NAMES and set(filters.values) <= SUMMARY_DIMENSIONS:
                 split = self._precomputed_until(filters, before, period, zone)
-            old = CostFilter(filters.scope, before, split, filters.values)
-            old_current = CostFilter(filters.scope, max(first, before), max(split, first), filters.values)
-            live = CostFilter(filters.scope, split, filters.end, filters.values)
-            live_current = CostFilter(filters.scope, max(split, first), filters.end, filters.values)
-            per_period, services, models = [], [], []
-            totals = Totals(Decimal(0), dict.fromkeys(COUNTS, 0))
+            found = Breakdown([], [], [])
             if split > before:
-                per_period += self.queries.precomputed(old, period, None)
-                if old_current.start < old_current.end:
-                    services += self.queries.precomputed(old_current, period, "service")
-                    models += self.queries.precomputed(old_current, period, "model")
-                    totals = add(totals, *self.queries.precomputed(old_current, period, None))
-            if live.start < live.end:
-                per_period += self.queries.grouped(live, [], granularity, tz, label="costs.summary")
-                if live_current.start < live_current.end:
-                    services += self.queries.grouped(
-                        live_current, ["service"], granularity, tz, label="costs.summary_top"
-                    )
-                    models += self.queries.grouped(live_current, ["model"], granularity, tz, label="costs.summary_top")
-                    totals = add(totals, self.queries.total(live_current))
-            return per_period, services, models, totals, (split if split > before else None)
+                found = self.queries.precomputed_breakdown(
+                    CostFilter(filters.scope, before, split, filters.values), period
+                )
+            if split < filters.end:
+                live = self.queries.breakdown(
+                    CostFilter(filters.scope, split, filters.end, filters.values), granularity, tz, "costs.summary"
+                )
+                found = Breakdown(
+                    found.periods + live.periods, found.services + live.services, found.models + live.models
+                )
+            return found, (split if split > before else None)
 
-        per_period, services, models, totals, precomputed_until = await anyio.to_thread.run_sync(run)
-        services.sort(key=lambda row: -row.cost_usd)
-        models.sort(key=lambda row: -row.cost_usd)
+        answer, precomputed_until = await anyio.to_thread.run_sync(run)
+        # Every bucket from `first` on lies inside [first, end); the one before only serves the change.
+        since = int(first.timestamp())
+        per_period = answer.periods
+        services = [row for row in answer.services if (row.bucket or 0) >= since]
+        models = [row for row in answer.models if (row.bucket or 0) >= since]
+        services.sort(key=lambda row: (-row.cost_usd, row.keys["service"] or ""))
+        models.sort(key=lambda row: (-row.cost_usd, row.keys["model"] or ""))
+        totals = add(Totals(Decimal(0), dict.fromkeys(COUNTS, 0)), *(r for r in per_period if (r.bucket or 0) >= since))
         by_bucket = {row.bucket: row for row in per_period}
         tops: dict[str, dict[int | None, list[Ranked]]] = {
             "service": defaultdict(list),

@@ -1,0 +1,353 @@
+"""The learner rollup (usage_learner_rollup, migration 0011) and the folded summary queries:
+every figure equals the raw events, corrections and bucket edges included."""
+
+from __future__ import annotations
+
+import random
+from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+import pytest
+
+from service.auth.principal import TenantScope
+from service.costs.plan import plan
+from service.costs.query import (
+    COUNTS,
+    LEARNER_ROLLUP,
+    CostFilter,
+    CostQueries,
+    GrainSpan,
+    _grain_cover,
+    _net,
+    learner_rollup_fits,
+)
+from service.storage.clickhouse import ClickHouse
+from service.usage.ingest import EVENT_COLUMNS
+from service.usage.schemas import UsageEvent
+from tests.test_migrations import _columns, insert_events, stored_event
+
+EVERYONE = TenantScope(None)
+
+
+def utc(*parts: int) -> datetime:
+    return datetime(*parts, tzinfo=UTC)  # type: ignore[misc]
+
+
+# -- covering days with months, weeks and days -----------------------------------
+
+
+def _days(spans: list[GrainSpan]) -> list[date]:
+    out: list[date] = []
+    for span in spans:
+        day = span.start
+        while day < span.end:
+            out.append(day)
+            day += timedelta(days=1)
+    return out
+
+
+@pytest.mark.parametrize(
+    "grains", [("month", "week", "day"), ("month", "day"), ("week", "day"), ("day",)], ids="-".join
+)
+def test_grain_cover_covers_each_day_once_with_whole_buckets(grains: tuple[str, ...]) -> None:
+    rng = random.Random(7)
+    for _ in range(500):
+        start = date(2025, 12, 1) + timedelta(days=rng.randrange(120))
+        end = start + timedelta(days=rng.randrange(0, 100))
+        spans = _grain_cover(start, end, grains)
+        days = _days(spans)
+        assert days == sorted(days)
+        assert days == [start + timedelta(days=i) for i in range((end - start).days)]
+        for span in spans:
+            assert span.grain in grains
+            if span.grain == "month":
+                assert (span.start.day, span.end.day) == (1, 1)
+            if span.grain == "week":
+                assert (span.start.weekday(), span.end.weekday()) == (0, 0)
+
+
+def test_grain_cover_prefers_months_then_weeks() -> None:
+    spans = _grain_cover(date(2026, 1, 28), date(2026, 3, 19), ("month", "week", "day"))
+    assert spans == [
+        GrainSpan("day", date(2026, 1, 28), date(2026, 2, 1)),
+        GrainSpan("month", date(2026, 2, 1), date(2026, 3, 1)),
+        GrainSpan("day", date(2026, 3, 1), date(2026, 3, 2)),
+        GrainSpan("week", date(2026, 3, 2), date(2026, 3, 16)),
+        GrainSpan("day", date(2026, 3, 16), date(2026, 3, 19)),
+    ]
+
+
+@pytest.mark.parametrize("grains", [("month", "week", "day"), ("month", "day"), ("week", "day")], ids="-".join)
+def test_signed_grain_covers_count_each_day_of_the_range_once_and_nothing_else(grains: tuple[str, ...]) -> None:
+    rng = random.Random(9)
+    for _ in range(300):
+        start = date(2025, 12, 1) + timedelta(days=rng.randrange(120))
+        end = start + timedelta(days=rng.randrange(0, 100))
+        today = start + timedelta(days=rng.randrange(-5, 110))
+        net: dict[date, int] = {}
+        for span in _grain_cover(start, end, grains, today):
+            bucket = span.start
+            while bucket < span.end:
+                step = {"day": 1, "week": 7}.get(span.grain)
+                following = bucket + timedelta(days=step) if step else (bucket + timedelta(days=32)).replace(day=1)
+                if span.grain == "week":
+                    assert bucket.weekday() == 0
+                if span.grain == "month":
+                    assert bucket.day == 1
+                for day in _days([GrainSpan("day", bucket, following)]):
+                    net[day] = net.get(day, 0) + span.sign
+                bucket = following
+        assert {day: n for day, n in net.items() if n} == dict.fromkeys(_days([GrainSpan("day", start, end)]), 1)
+        for sign, spans in _net(_grain_cover(start, end, grains, today)).items():
+            assert sign != 0
+            assert all(span.sign == sign for span in spans)
+
+
+def test_a_range_ending_this_month_reads_the_month_less_the_days_to_come() -> None:
+    spans = _grain_cover(date(2026, 10, 29), date(2026, 11, 27), ("month", "week", "day"), date(2026, 11, 27))
+    assert spans == [
+        GrainSpan("day", date(2026, 10, 29), date(2026, 11, 1)),
+        GrainSpan("month", date(2026, 11, 1), date(2026, 12, 1)),
+        GrainSpan("day", date(2026, 11, 27), date(2026, 12, 1), -1),
+    ]
+
+
+def test_learner_rollup_answers_only_learner_questions_filtered_by_tenant_and_learner() -> None:
+    def fits(dims: list[str], values: dict[str, list[str]], granularity: str = "none", tz: str = "UTC") -> bool:
+        filters = CostFilter(EVERYONE, utc(2026, 1, 1), utc(2026, 2, 1), values)
+        return learner_rollup_fits(dims, filters, granularity, tz)  # type: ignore[arg-type]
+
+    assert fits(["learner_id"], {"tenant_id": ["a"]})
+    assert fits(["tenant_id", "learner_id"], {})
+    assert fits([], {"learner_id": ["x"]})
+    assert fits(["learner_id"], {}, "week")
+    assert not fits(["service"], {})  # no learner: the totals rollups are smaller
+    assert not fits(["learner_id"], {"service": ["quiz"]})  # a dimension the rollup does not keep
+    assert not fits(["learner_id", "model"], {})
+    assert not fits(["learner_id"], {}, "hour")
+    assert not fits(["learner_id"], {}, "day", "America/New_York")
+    assert fits(["learner_id"], {"service": []})  # an empty filter filters nothing
+
+
+# -- exact against the raw events -------------------------------------------------
+
+LEARNERS = ["learner-1", "learner-2", "learner-3", ""]
+MOMENTS = [
+    # UTC day, ISO week and month edges, to the millisecond
+    utc(2026, 1, 31, 23, 59, 59),
+    utc(2026, 2, 1, 0, 0, 0),
+    utc(2026, 2, 1, 23, 59, 59),  # a Sunday
+    utc(2026, 2, 2, 0, 0, 0),  # the Monday after
+    utc(2026, 2, 28, 23, 59, 59),
+    utc(2026, 3, 1, 0, 0, 0),
+    # New York midnights around the DST change of 2026-03-08
+    utc(2026, 3, 8, 4, 59, 59),
+    utc(2026, 3, 8, 5, 0, 0),
+    utc(2026, 3, 9, 3, 59, 59),
+    utc(2026, 3, 9, 4, 0, 0),
+]
+
+
+def crafted(rng: random.Random) -> list[UsageEvent]:
+    events = []
+    for index in range(400):
+        if index < len(MOMENTS) * 3:
+            when = MOMENTS[index % len(MOMENTS)] + timedelta(milliseconds=999 * (index // len(MOMENTS) == 1))
+        else:
+            when = utc(2026, 1, 20) + timedelta(seconds=rng.randrange(75 * 86400))
+        cost = Decimal(rng.randrange(1, 10**9)) / Decimal(10**12) * rng.choice([1, 1000])
+        events.append(
+            stored_event(
+                f"e{index}",
+                when,
+                tenant_id=rng.choice(["school-a", "school-b"]),
+                service=rng.choice(["tutor-chat", "quiz"]),
+                learner_id=rng.choice(LEARNERS),
+                model=rng.choice(["gpt-4o-mini", "gpt-4o"]),
+                input_tokens=rng.randrange(1000),
+                output_tokens=rng.randrange(100),
+                cost_usd=None if index % 17 == 0 else str(cost),
+                pricing_status="unpriced" if index % 17 == 0 else "priced",
+                price_version="" if index % 17 == 0 else "openai/test",
+            )
+        )
+    return events
+
+
+def corrections(events: list[UsageEvent], rng: random.Random) -> list[UsageEvent]:
+    """Cost deltas for some events (negative too), one resolving an unpriced event."""
+    fixes = []
+    for event in rng.sample(events, 40):
+        delta = Decimal(rng.randrange(-(10**6), 10**6)) / Decimal(10**12)
+        metadata = {"resolves_unpriced": "1"} if event.pricing_status == "unpriced" else {}
+        fixes.append(
+            stored_event(
+                f"{event.event_id}-fix",
+                event.timestamp,
+                tenant_id=event.tenant_id,
+                service=event.service,
+                learner_id=event.learner_id,
+                model=event.model,
+                input_tokens=0,
+                output_tokens=0,
+                cost_usd=str(delta),
+                metadata=metadata,
+            )
+        )
+    return fixes
+
+
+def insert_corrections(db: ClickHouse, fixes: list[UsageEvent]) -> None:
+    db.insert(
+        "usage_events",
+        [*_columns(fixes), ["correction"] * len(fixes), [f.event_id[:-4] for f in fixes]],
+        [*EVENT_COLUMNS, "record_type", "corrects_event_id"],
+        column_oriented=True,
+        label="test",
+    )
+
+
+_RAW = (
+    "toUInt64(countIf(record_type = 'usage')) AS events, "
+    "toInt64(countIf(record_type = 'usage' AND pricing_status = 'unpriced')) "
+    "- toInt64(countIf(record_type = 'correction' AND metadata['resolves_unpriced'] = '1')) AS unpriced_events, "
+    + ", ".join(f"sum({c}) AS {c}" for c in COUNTS[2:])
+    + ", sum(ifNull(cost_usd, 0)) AS cost_usd"
+)
+
+
+def raw_by(db: ClickHouse, start: datetime, end: datetime, key: str, tenant: str | None = None) -> dict[Any, Any]:
+    params: dict[str, Any] = {"s": start, "e": end, "tenant": tenant or ""}
+    rows = db.query(
+        f"SELECT {key} AS k, {_RAW} FROM usage_events WHERE event_time >= {{s:DateTime64(3, 'UTC')}} "
+        "AND event_time < {e:DateTime64(3, 'UTC')} AND ({tenant:String} = '' OR tenant_id = {tenant:String}) "
+        "GROUP BY k",
+        params,
+        label="test.raw",
+    )
+    return {row[0]: (Decimal(row[-1]), *(int(v) for v in row[1:-1])) for row in rows}
+
+
+@pytest.fixture
+def loaded(db: ClickHouse) -> ClickHouse:
+    rng = random.Random(3)
+    events = crafted(rng)
+    for start in range(0, len(events), 50):  # several INSERTs: unmerged rollup rows
+        insert_events(db, events[start : start + 50])
+    insert_corrections(db, corrections(events, rng))
+    return db
+
+
+def ranges(rng: random.Random) -> list[tuple[datetime, datetime]]:
+    out = [
+        (utc(2026, 1, 20), utc(2026, 4, 5)),  # everything
+        (utc(2026, 2, 1), utc(2026, 3, 1)),  # one whole month
+        (utc(2026, 2, 2), utc(2026, 2, 16)),  # two whole weeks
+        (utc(2026, 1, 31, 23, 59, 59, 999000), utc(2026, 3, 9, 4)),  # edges to the millisecond
+    ]
+    for _ in range(12):
+        start = utc(2026, 1, 20) + timedelta(minutes=rng.randrange(60 * 24 * 70), milliseconds=rng.randrange(1000))
+        out.append((start, start + timedelta(minutes=rng.randrange(60, 60 * 24 * 60))))
+    return out
+
+
+@pytest.mark.parametrize("today", [date(2026, 11, 27), date(2026, 2, 10), date(2026, 3, 9)], ids=str)
+def test_learner_questions_from_the_learner_rollup_equal_raw_sums(
+    loaded: ClickHouse, today: date, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # `today` steers the choice between covers (a month less the days to come, ...): all exact
+    monkeypatch.setattr("service.costs.query._today", lambda: today)
+    queries = CostQueries(loaded)
+    for start, end in ranges(random.Random(5)):
+        assert any(s.source == "usage_daily" for s in plan(start, end, "none", "UTC")) or end - start < timedelta(
+            days=2
+        )
+        for tenant in ("school-a", None):
+            filters = CostFilter(EVERYONE, start, end, {"tenant_id": [tenant]} if tenant else {})
+            query = queries.grouped_sql(filters, ["learner_id"], "none", "UTC")
+            assert query is not None
+            assert (LEARNER_ROLLUP in query[0]) == any(
+                s.source == "usage_daily" for s in plan(start, end, "none", "UTC")
+            )
+            assert "usage_daily" not in query[0]
+            rows = queries.grouped(filters, ["learner_id"], "none", "UTC")
+            got = {r.keys["learner_id"] or "": (r.cost_usd, *(r.counts[c] for c in COUNTS)) for r in rows}
+            assert got == raw_by(loaded, start, end, "learner_id", tenant), (start, end, tenant)
+
+
+@pytest.mark.parametrize("granularity", ["day", "week", "month"])
+def test_learner_buckets_in_utc_equal_raw_sums(
+    loaded: ClickHouse, granularity: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("service.costs.query._today", lambda: date(2026, 3, 3))
+    queries = CostQueries(loaded)
+    bucket = {
+        "day": "toStartOfDay(event_time)",
+        "week": "toDateTime(toMonday(event_time), 'UTC')",
+        "month": "toDateTime(toStartOfMonth(event_time), 'UTC')",
+    }[granularity]
+    for start, end in ranges(random.Random(11))[:8]:
+        filters = CostFilter(EVERYONE, start, end, {"learner_id": ["learner-1", "learner-2"]})
+        rows = queries.grouped(filters, ["learner_id"], granularity, "UTC")  # type: ignore[arg-type]
+        got: dict[Any, Any] = {
+            (r.keys["learner_id"], r.bucket): (r.cost_usd, *(r.counts[c] for c in COUNTS)) for r in rows
+        }
+        expected = raw_by(loaded, start, end, f"(learner_id, toUnixTimestamp({bucket}))")
+        expected = {k: v for k, v in expected.items() if k[0] in ("learner-1", "learner-2")}
+        assert got == expected, (granularity, start, end)
+
+
+def test_learner_days_in_new_york_across_the_dst_change_equal_raw_sums(loaded: ClickHouse) -> None:
+    queries = CostQueries(loaded)
+    start, end = utc(2026, 3, 6, 5), utc(2026, 3, 11, 4)  # local midnights, 2026-03-06 .. 2026-03-11
+    rows = queries.grouped(CostFilter(EVERYONE, start, end), ["learner_id"], "day", "America/New_York")
+    got = {(r.keys["learner_id"] or "", r.bucket): r.cost_usd for r in rows}
+    expected = raw_by(
+        loaded, start, end, "(learner_id, toUnixTimestamp(toStartOfDay(toTimeZone(event_time, 'America/New_York'))))"
+    )
+    assert got == {k: v[0] for k, v in expected.items()}
+
+
+def test_learner_rollup_backfill_equals_what_the_view_wrote(loaded: ClickHouse) -> None:
+    def snapshot() -> list[tuple[Any, ...]]:
+        return loaded.query(
+            f"SELECT grain, bucket, tenant_id, learner_id, {', '.join(f'sum({c})' for c in COUNTS)}, sum(cost_usd) "
+            f"FROM {LEARNER_ROLLUP} GROUP BY grain, bucket, tenant_id, learner_id "
+            "ORDER BY grain, bucket, tenant_id, learner_id",
+            label="test",
+        )
+
+    written = snapshot()
+    assert {row[0] for row in written} == {"day", "week", "month"}
+    loaded.command(f"TRUNCATE TABLE {LEARNER_ROLLUP}", label="test")
+    migration = next(
+        m for m in __import__("service.storage.migrations").storage.migrations.discover() if m.version == 11
+    )
+    backfill = next(s for s in migration.statements() if s.startswith("INSERT"))
+    loaded.command(backfill, {"db": loaded.database}, label="test")
+    assert snapshot() == written
+    loaded.command(backfill, {"db": loaded.database}, label="test")  # guarded: a second run adds nothing
+    assert snapshot() == written
+
+
+def test_summary_breakdown_folds_periods_services_and_models_exactly(loaded: ClickHouse) -> None:
+    queries = CostQueries(loaded)
+    start, end = utc(2026, 1, 26, 10, 30), utc(2026, 3, 9, 13, 15)
+    for granularity, tz in (("day", "UTC"), ("week", "UTC"), ("day", "America/New_York"), ("month", "Asia/Kolkata")):
+        found = queries.breakdown(CostFilter(EVERYONE, start, end), granularity, tz)  # type: ignore[arg-type]
+        for rows, dimension in ((found.periods, None), (found.services, "service"), (found.models, "model")):
+            expected = queries.grouped(
+                CostFilter(EVERYONE, start, end),
+                [dimension] if dimension else [],
+                granularity,
+                tz,  # type: ignore[arg-type]
+            )
+            assert sorted(
+                (r.bucket, r.keys.get(dimension or ""), r.cost_usd, r.counts["events"]) for r in rows
+            ) == sorted((r.bucket, r.keys.get(dimension or ""), r.cost_usd, r.counts["events"]) for r in expected), (
+                granularity,
+                tz,
+                dimension,
+            )
+        assert sum((r.cost_usd for r in found.periods), Decimal(0)) == raw_by(loaded, start, end, "1")[1][0]
