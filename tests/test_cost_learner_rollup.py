@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from service.auth.principal import TenantScope
-from service.costs.plan import plan
+from service.costs.plan import Segment, plan, plan_to_day_end
 from service.costs.query import (
     COUNTS,
     LEARNER_ROLLUP,
@@ -351,3 +351,63 @@ def test_summary_breakdown_folds_periods_services_and_models_exactly(loaded: Cli
                 dimension,
             )
         assert sum((r.cost_usd for r in found.periods), Decimal(0)) == raw_by(loaded, start, end, "1")[1][0]
+
+
+# -- the last day read whole, less what follows the end ---------------------------
+
+
+def test_plan_to_day_end_reads_the_last_day_whole_less_the_rest_of_it() -> None:
+    now = utc(2026, 3, 4, 15, 20)
+    segments = plan_to_day_end(utc(2026, 3, 1, 10, 15), now, "none", "UTC", now)
+    assert segments == [
+        Segment("usage_events", utc(2026, 3, 1, 10, 15), utc(2026, 3, 1, 11)),
+        Segment("usage_hourly", utc(2026, 3, 1, 11), utc(2026, 3, 2)),
+        Segment("usage_daily", utc(2026, 3, 2), utc(2026, 3, 5)),
+        Segment("usage_events", now, utc(2026, 3, 5), -1),
+    ]
+    # a range ending early in a day, in the past: its hours, as `plan` cuts them
+    early = utc(2026, 3, 4, 3, 20)
+    assert plan_to_day_end(utc(2026, 3, 1), early, "none", "UTC", now) == plan(utc(2026, 3, 1), early, "none", "UTC")
+    # ... but ending now, the rest of the day holds (next to) nothing yet
+    assert plan_to_day_end(utc(2026, 3, 1), early, "none", "UTC", early)[-1] == Segment(
+        "usage_events", early, utc(2026, 3, 5), -1
+    )
+    # local days need their hours
+    assert plan_to_day_end(utc(2026, 3, 1), now, "day", "America/New_York", now) == plan(
+        utc(2026, 3, 1), now, "day", "America/New_York"
+    )
+
+
+def test_ranges_ending_now_stay_exact_with_events_stamped_after_the_end(db: ClickHouse) -> None:
+    rng = random.Random(21)
+    now = utc(2026, 3, 4, 15, 20, 0)
+    events = [
+        stored_event(
+            f"n{i}",
+            utc(2026, 2, 20) + timedelta(seconds=rng.randrange(14 * 86400)),  # some after `now`, on its day and later
+            learner_id=rng.choice(LEARNERS),
+            service=rng.choice(["tutor-chat", "quiz"]),
+            cost_usd=str(Decimal(rng.randrange(1, 10**9)) / Decimal(10**12)),
+        )
+        for i in range(300)
+    ]
+    events += [
+        stored_event("at-end", now, cost_usd="1000"),
+        stored_event("before-end", now - timedelta(milliseconds=1)),
+    ]
+    insert_events(db, events)
+    insert_corrections(db, corrections(events, rng))
+    queries = CostQueries(db)
+    for start in (utc(2026, 2, 21, 9, 45, 30), utc(2026, 2, 1), now - timedelta(hours=30)):
+        filters = CostFilter(EVERYONE, start, now)
+        assert plan_to_day_end(start, now, "none", "UTC", datetime.now(UTC))[-1].sign == -1
+        expected = raw_by(db, start, now, "service")
+        rows = queries.grouped(filters, ["service"], "none", "UTC")
+        assert {r.keys["service"]: (r.cost_usd, *(r.counts[c] for c in COUNTS)) for r in rows} == expected
+        learners, total = queries.ranked_with_total(
+            CostFilter(EVERYONE, start, now, {"tenant_id": ["school-a"]}), "learner_id", 10
+        )
+        by_learner = raw_by(db, start, now, "learner_id", "school-a")
+        assert {r.keys["learner_id"] or "": r.cost_usd for r in learners} == {k: v[0] for k, v in by_learner.items()}
+        assert total.cost_usd == sum((v[0] for v in by_learner.values()), Decimal(0))
+        assert total.counts["events"] == sum(v[1] for v in by_learner.values())

@@ -74,18 +74,24 @@ FROM
 )
 GROUP BY grain, bucket, tenant_id, learner_id;
 
+-- Whether a row is a correction that prices an event stored unpriced (it takes
+-- that event out of unpriced_events), kept beside the row so that readers of
+-- the raw events need not read `metadata`.
+ALTER TABLE {db:Identifier}.usage_events
+    ADD COLUMN IF NOT EXISTS resolves_unpriced UInt8
+    MATERIALIZED record_type = 'correction' AND metadata['resolves_unpriced'] = '1';
+
 -- The raw events again, ordered by time, for the partial hours at the edges of a
 -- range: usage_events is ordered by tenant, service and hour, so even a few
 -- minutes of it read at least one granule (8192 rows) per tenant and service.
--- Every column a cost question reads is here except `metadata` (read only for
--- correction rows). Parts written before this migration get it in the
--- background; until then readers use the table itself.
+-- It holds every column a cost question reads. Parts written before this
+-- migration get it in the background; until then readers use the table itself.
 ALTER TABLE {db:Identifier}.usage_events
     ADD PROJECTION IF NOT EXISTS events_by_time
     (
         SELECT event_time, tenant_id, service, learner_id, provider, model, region, record_type, pricing_status,
-               input_tokens, output_tokens, cached_input_tokens, cache_write_tokens, input_characters,
-               output_characters, images, cost_usd
+               resolves_unpriced, input_tokens, output_tokens, cached_input_tokens, cache_write_tokens,
+               input_characters, output_characters, images, cost_usd
         ORDER BY event_time
     );
 

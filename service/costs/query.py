@@ -35,26 +35,17 @@ ORDERS = {
 # Each source as rows of (dimensions, t, counts, cost) with identical types.
 _ROLLUP_MEASURE_LIST = (*COUNTS, "cost_usd")
 _ROLLUP_MEASURES = ", ".join(_ROLLUP_MEASURE_LIST)
-# Raw rows, without `metadata`: every column here is in the projection `events_by_time`
-# (migration 0011), which holds the raw events ordered by time, so a partial hour at
-# the edge of a range reads a few granules instead of one or more per tenant and service.
+# Raw rows: every column here is in the projection `events_by_time` (migration 0011),
+# which holds the raw events ordered by time, so a partial hour at the edge of a range
+# reads a few granules instead of one or more per tenant and service. A correction
+# that prices an unpriced event (`resolves_unpriced`) takes it out of unpriced_events.
 _RAW_MEASURE_LIST = (
     "toUInt64(record_type = 'usage') AS events",
-    "toInt64(record_type = 'usage' AND pricing_status = 'unpriced') AS unpriced_events",
+    "toInt64(record_type = 'usage' AND pricing_status = 'unpriced') - toInt64(resolves_unpriced) AS unpriced_events",
     *COUNTS[2:],
     "toDecimal128(ifNull(cost_usd, toDecimal64(0, 12)), 12) AS cost_usd",
 )
 _RAW_MEASURES = ", ".join(_RAW_MEASURE_LIST)
-# A correction that prices an unpriced event takes it out of unpriced_events; its cost
-# delta is in the rows above. Only correction rows are read for this (PREWHERE).
-_RESOLVED_MEASURE_LIST = (
-    "toUInt64(0) AS events",
-    "toInt64(-1) AS unpriced_events",
-    *(f"toUInt64(0) AS {name}" for name in COUNTS[2:]),
-    "toDecimal128(0, 12) AS cost_usd",
-)
-_RESOLVED = "record_type = 'correction'"
-_RESOLVED_WHERE = "metadata['resolves_unpriced'] = '1'"
 _SOURCES = {
     "usage_daily": (
         "toDateTime(bucket, 'UTC')",
@@ -136,46 +127,70 @@ class CostRow:
 _WITHOUT_LEARNER = {"usage_daily": "usage_daily_totals", "usage_hourly": "usage_hourly_totals"}
 
 
-def _signed(measures: Sequence[str], sign: int) -> str:
-    """The measures (`expression AS name`, or a bare column), negated for sign -1: the
-    UInt64 counts times 2^64 - 1 (their sums wrap back to the exact difference), the
-    signed ones times -1."""
-    if sign == 1:
-        return ", ".join(measures)
-    out = []
-    for part in measures:
+def _branch(
+    columns: str, time_sql: str, measures: Sequence[str], conditions: dict[int, str], source: str, where: str
+) -> str:
+    """One UNION ALL branch: `SELECT columns, t, measures FROM source WHERE where` (`source`
+    may carry a PREWHERE), each row's measures times the sign whose condition it meets
+    (`conditions`: sign -> SQL; the last is the default). A negative sign multiplies the
+    UInt64 counts by 2^64 + sign (their sums wrap back to the exact difference) and the
+    signed ones by the sign; the factors are computed once per row, in a subquery."""
+    if set(conditions) == {1}:
+        select = ", ".join(part for part in (columns, f"{time_sql} AS t", *measures) if part)
+        return f"SELECT {select} FROM {source} WHERE {where}"
+    cases = sorted(conditions.items(), reverse=True)
+
+    def factor(cast: str, modulo: int | None) -> str:
+        value = [f"{cast}({sign % modulo if modulo else sign})" for sign, _ in cases]
+        if len(cases) == 1:
+            return value[0]
+        pairs = ", ".join(f"{condition}, {v}" for (_, condition), v in zip(cases[:-1], value[:-1], strict=True))
+        return f"multiIf({pairs}, {value[-1]})"
+
+    inner, outer = [], []
+    for index, part in enumerate(measures):
         expression, _, name = part.rpartition(" AS ")
         expression, name = (expression, name) if expression else (part, part)
-        factor = "toInt64(-1)" if name in ("unpriced_events", "cost_usd") else f"toUInt64({-1 % 2**64})"
-        out.append(f"({expression}) * {factor} AS {name}")
-    return ", ".join(out)
+        inner.append(f"{expression} AS m{index}")
+        outer.append(f"m{index} * {'s_signed' if name in ('unpriced_events', 'cost_usd') else 's_unsigned'} AS {name}")
+    select = ", ".join(
+        part
+        for part in (
+            columns,
+            f"{time_sql} AS t",
+            *inner,
+            f"{factor('toUInt64', 2**64)} AS s_unsigned",
+            f"{factor('toInt64', None)} AS s_signed",
+        )
+        if part
+    )
+    return (
+        f"SELECT {', '.join(part for part in (columns, 't', *outer) if part)} "
+        f"FROM (SELECT {select} FROM {source} WHERE {where})"
+    )
 
 
 def union_sql(
     segments: Sequence[Segment], dimensions: Sequence[str], filters: CostFilter, params: dict[str, Any]
 ) -> str:
     """One UNION ALL over the segments: one branch per table, its segments' ranges OR'd
-    (and, for the raw events, a second branch for corrections that resolve unpriced events)."""
+    (a segment with sign -1 is taken away, see `plan_to_day_end`)."""
     branches = []
     where_common = filters.where(params)
     columns = ", ".join(dimensions)
     learner = "learner_id" in dimensions or bool(filters.values.get("learner_id")) or bool(filters.learner_search)
-    ranges: dict[tuple[str, int], list[str]] = {}
+    ranges: dict[str, dict[int, list[str]]] = {}
     for index, segment in enumerate(segments):
         params[f"s{index}"] = segment.start
         params[f"e{index}"] = segment.end
-        ranges.setdefault((segment.source, segment.sign), []).append(f"({_SOURCES[segment.source][1] % {'i': index}})")
-    for (source, sign), found in ranges.items():
+        condition = f"({_SOURCES[segment.source][1] % {'i': index}})"
+        ranges.setdefault(segment.source, {}).setdefault(segment.sign, []).append(condition)
+    for source, by_sign in ranges.items():
         time_sql, _, measures = _SOURCES[source]
         table = source if learner else _WITHOUT_LEARNER.get(source, source)
-        where = " AND ".join([f"({' OR '.join(found)})", *where_common])
-        select = ", ".join(part for part in (columns, f"{time_sql} AS t", _signed(measures, sign)) if part)
-        branches.append(f"SELECT {select} FROM {table} WHERE {where}")
-        if source == "usage_events":
-            select = ", ".join(
-                part for part in (columns, f"{time_sql} AS t", _signed(_RESOLVED_MEASURE_LIST, sign)) if part
-            )
-            branches.append(f"SELECT {select} FROM {table} PREWHERE {_RESOLVED} AND {where} WHERE {_RESOLVED_WHERE}")
+        conditions = {sign: " OR ".join(found) for sign, found in by_sign.items()}
+        where = " AND ".join([f"({' OR '.join(conditions.values())})", *where_common])
+        branches.append(_branch(columns, time_sql, measures, conditions, table, where))
     return "\nUNION ALL\n".join(branches)
 
 
@@ -342,8 +357,7 @@ def learner_union_sql(
     ]
     by_sign = _net(spans)
     if by_sign:
-        # One branch: each row's (grain, bucket) is in the ranges of one net sign; a
-        # negative sign multiplies the UInt64 counts by 2^64 - 1 (their sums wrap back).
+        # One branch: each row's (grain, bucket) is in the ranges of one net sign.
         conditions: dict[int, str] = {}
         index = 0
         for sign, found in sorted(by_sign.items()):
@@ -358,24 +372,16 @@ def learner_union_sql(
                 index += 1
             conditions[sign] = " OR ".join(ranges)
         where = " AND ".join([f"({' OR '.join(conditions.values())})", *filters.where(params)])
-        if set(conditions) == {1}:
-            measures = _ROLLUP_MEASURES
-        else:
-            cases = list(conditions.items())
-            unsigned = "multiIf(" + ", ".join(f"{c}, toUInt64({sign % 2**64})" for sign, c in cases[:-1])
-            unsigned += f", toUInt64({cases[-1][0] % 2**64}))"
-            signed = "multiIf(" + ", ".join(f"{c}, toInt64({sign})" for sign, c in cases[:-1])
-            signed += f", toInt64({cases[-1][0]}))"
-            measures = ", ".join(
-                [
-                    f"events * {unsigned} AS events",
-                    f"unpriced_events * {signed} AS unpriced_events",
-                    *(f"{name} * {unsigned} AS {name}" for name in COUNTS[2:]),
-                    f"cost_usd * {signed} AS cost_usd",
-                ]
+        branches.append(
+            _branch(
+                ", ".join(dimensions),
+                "toDateTime(bucket, 'UTC')",
+                _ROLLUP_MEASURE_LIST,
+                conditions,
+                LEARNER_ROLLUP,
+                where,
             )
-        select = ", ".join(part for part in (", ".join(dimensions), "toDateTime(bucket, 'UTC') AS t", measures) if part)
-        branches.append(f"SELECT {select} FROM {LEARNER_ROLLUP} WHERE {where}")
+        )
     return "\nUNION ALL\n".join(branches)
 
 
@@ -493,6 +499,92 @@ class CostQueries:
             "GROUP BY GROUPING SETS ((bucket), (bucket, service), (bucket, model))"
         )
         return _breakdown(self.db.query(sql, params, label=label))
+
+    def summary_breakdown(
+        self,
+        filters: CostFilter,
+        split: datetime,
+        granularity: Granularity,
+        tz: str,
+        period: str,
+        top: int | None = None,
+        label: str = "costs.summary",
+    ) -> Breakdown:
+        """`breakdown` of [filters.start, filters.end) in one query: whole UTC periods before
+        `split` from `cost_summaries` (`split` and `filters.start` on period starts), the rest
+        from the rollups; with `top`, only the `top` costliest services and models per bucket."""
+        params: dict[str, Any] = {"tz": tz}
+        branches = []
+        if split > filters.start:
+            params.update(period=period, first=filters.start.astimezone(UTC).date(), last=split.astimezone(UTC).date())
+            where = " AND ".join(
+                [
+                    "period = {period:String}",
+                    "period_start >= {first:Date}",
+                    "period_start < {last:Date}",
+                    *filters.where(params),
+                ]
+            )
+            measures = ", ".join(
+                name if name != "unpriced_events" else "toInt64(unpriced_events) AS unpriced_events"
+                for name in _ROLLUP_MEASURE_LIST
+            )
+            branches.append(
+                f"SELECT service, model, toDateTime(period_start, 'UTC') AS t, {measures} "
+                f"FROM cost_summaries FINAL WHERE {where}"
+            )
+        if split < filters.end:
+            segments = plan_to_day_end(split, filters.end, granularity, tz, datetime.now(UTC))
+            live = CostFilter(filters.scope, split, filters.end, filters.values, filters.learner_search)
+            branches.append(union_sql(segments, ["service", "model"], live, params))
+        if not branches:
+            return Breakdown([], [], [])
+        bucket = bucket_sql(granularity) or "0"
+        sql = (
+            f"SELECT service, model, {bucket} AS bucket, grouping(service, model) AS level, {_SUMS} "
+            f"FROM ({' UNION ALL '.join(branches)}) "
+            "GROUP BY GROUPING SETS ((bucket), (bucket, service), (bucket, model))"
+        )
+        if top is not None:  # one row per bucket, and its `top` costliest services and models
+            sql += " ORDER BY level, bucket, cost_usd DESC, service, model LIMIT {top:UInt64} BY level, bucket"
+            params["top"] = top
+        return _breakdown(self.db.query(sql, params, label=label))
+
+    def summary_freshness(
+        self, filters: CostFilter, period: str
+    ) -> tuple[datetime | None, dict[int, tuple[datetime | None, datetime | None]]]:
+        """The last summary refresh's watermark (None before the first), and `freshness`
+        for [filters.start, filters.end), in one query."""
+        params: dict[str, Any] = {
+            "period": period,
+            "first": filters.start.astimezone(UTC).date(),
+            "last": filters.end.astimezone(UTC).date(),
+        }
+        where = filters.where(params)
+        day = {"day": "bucket", "week": "toMonday(bucket)", "month": "toStartOfMonth(bucket)"}[period]
+        moment = "Nullable(DateTime64(3, 'UTC'))"
+        received = " AND ".join([f"{day} >= {{first:Date}}", f"{day} < {{last:Date}}", *where])
+        computed = " AND ".join(
+            ["period = {period:String}", "period_start >= {first:Date}", "period_start < {last:Date}", *where]
+        )
+        sql = (
+            f"SELECT toUInt8(0) AS kind, toUInt32(0) AS p, if(count() = 0, NULL, CAST(max(watermark) AS {moment})) "
+            "FROM cost_summary_runs "
+            f"UNION ALL SELECT toUInt8(1), toUnixTimestamp(toDateTime({day}, 'UTC')) AS p, "
+            f"CAST(max(last_received_at) AS {moment}) FROM usage_daily_totals WHERE {received} GROUP BY p "
+            "UNION ALL SELECT toUInt8(2), toUnixTimestamp(toDateTime(period_start, 'UTC')) AS p, "
+            f"CAST(min(computed_at) AS {moment}) FROM cost_summaries FINAL WHERE {computed} GROUP BY p"
+        )
+        watermark: datetime | None = None
+        out: dict[int, tuple[datetime | None, datetime | None]] = {}
+        for kind, key, when in self.db.query(sql, params, label="costs.freshness"):
+            if kind == 0:
+                watermark = _aware(when) if when is not None else None
+            elif kind == 1:
+                out[int(key)] = (_aware(when), out.get(int(key), (None, None))[1])
+            else:
+                out[int(key)] = (out.get(int(key), (None, None))[0], _aware(when))
+        return watermark, out
 
     def precomputed_breakdown(self, filters: CostFilter, period: str, label: str = "costs.precomputed") -> Breakdown:
         """`breakdown` from `cost_summaries`, for UTC periods starting in [filters.start, filters.end);

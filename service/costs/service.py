@@ -33,7 +33,7 @@ from service.costs.schemas import (
     ShareRow,
 )
 from service.costs.schemas import CostRow as CostRowOut
-from service.costs.summaries import DEFAULT_SLACK, last_watermark
+from service.costs.summaries import DEFAULT_SLACK
 from service.errors import InvalidInput
 from service.money import money_str
 
@@ -273,17 +273,15 @@ class CostService:
         slack). The first period that fails ends the run; later ones are read
         from the rollups.
         """
-        watermark = last_watermark(self.queries.db).complete_before
-        if watermark is None:
+        at, fresh = self.queries.summary_freshness(
+            CostFilter(filters.scope, before, filters.end, filters.values), period
+        )
+        if at is None:
             return before
-        cutoff = datetime(watermark.year, watermark.month, watermark.day, tzinfo=UTC)
+        cutoff = datetime(at.year, at.month, at.day, tzinfo=UTC)  # periods ending on the watermark's day or before
         candidates = [before]
         while next_period(candidates[-1], period, zone) <= min(cutoff, filters.end):
             candidates.append(next_period(candidates[-1], period, zone))
-        if len(candidates) == 1:
-            return before
-        span = CostFilter(filters.scope, before, candidates[-1], filters.values)
-        fresh = self.queries.freshness(span, period)
         split = before
         for begin in candidates[:-1]:
             received, computed = fresh.get(int(begin.timestamp()), (None, None))
@@ -319,18 +317,9 @@ class CostService:
             split = before
             if tz in UTC_NAMES and set(filters.values) <= SUMMARY_DIMENSIONS:
                 split = self._precomputed_until(filters, before, period, zone)
-            found = Breakdown([], [], [])
-            if split > before:
-                found = self.queries.precomputed_breakdown(
-                    CostFilter(filters.scope, before, split, filters.values), period
-                )
-            if split < filters.end:
-                live = self.queries.breakdown(
-                    CostFilter(filters.scope, split, filters.end, filters.values), granularity, tz, "costs.summary"
-                )
-                found = Breakdown(
-                    found.periods + live.periods, found.services + live.services, found.models + live.models
-                )
+            found = self.queries.summary_breakdown(
+                CostFilter(filters.scope, before, filters.end, filters.values), split, granularity, tz, period, TOP_N
+            )
             return found, (split if split > before else None)
 
         answer, precomputed_until = await anyio.to_thread.run_sync(run)
