@@ -411,3 +411,24 @@ def test_ranges_ending_now_stay_exact_with_events_stamped_after_the_end(db: Clic
         assert {r.keys["learner_id"] or "": r.cost_usd for r in learners} == {k: v[0] for k, v in by_learner.items()}
         assert total.cost_usd == sum((v[0] for v in by_learner.values()), Decimal(0))
         assert total.counts["events"] == sum(v[1] for v in by_learner.values())
+
+
+def test_plan_to_day_end_reads_today_whole_from_midnight(db: ClickHouse) -> None:
+    midnight, now = utc(2026, 3, 4), utc(2026, 3, 4, 9, 30)
+    assert plan_to_day_end(midnight, now, "day", "UTC", now) == [
+        Segment("usage_daily", midnight, utc(2026, 3, 5)),
+        Segment("usage_events", now, utc(2026, 3, 5), -1),
+    ]
+    insert_events(
+        db,
+        [
+            stored_event("a", midnight, cost_usd="0.25"),
+            stored_event("b", now - timedelta(milliseconds=1), cost_usd="0.5"),
+            stored_event("c", now, cost_usd="100"),  # at the end: left out
+            stored_event("d", utc(2026, 3, 3, 23, 59, 59), cost_usd="1000"),  # the day before: left out
+        ],
+    )
+    rows = CostQueries(db).grouped(CostFilter(EVERYONE, midnight, now), [], "day", "UTC")
+    assert [(r.bucket, r.cost_usd, r.counts["events"]) for r in rows] == [
+        (int(midnight.timestamp()), Decimal("0.75"), 2)
+    ]

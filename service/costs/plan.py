@@ -103,10 +103,10 @@ NOW_SLACK = timedelta(minutes=5)
 def plan_to_day_end(
     start: datetime, end: datetime, granularity: Granularity, tz: str, now: datetime | None = None
 ) -> list[Segment]:
-    """`plan`, except that a range ending inside a UTC day it does not start in may read that
-    whole day from `usage_daily` less the raw events from `end` to the next midnight
-    (a segment with sign -1), instead of its hours from `usage_hourly` and the partial hour
-    from the raw events. When `end` is now, the events taken away are those stamped in the
+    """`plan`, except that a range ending inside a UTC day that it starts before (or at the
+    midnight of) may read that whole day from `usage_daily` less the raw events from `end`
+    to the next midnight (a segment with sign -1), instead of its hours from `usage_hourly`
+    and the partial hour from the raw events. When `end` is now, the events taken away are those stamped in the
     future: next to none. Used when that is at most as much raw time as the hours it
     replaces, or when the range ends now. Totals stay exact: every event of the day is in
     its `usage_daily` rows, and those at or after `end` are subtracted."""
@@ -115,7 +115,7 @@ def plan_to_day_end(
     last_day = _floor(end, DAY)
     following = last_day + DAY
     daily_fits = granularity == "none" or (granularity in ("day", "week", "month") and tz in UTC_NAMES)
-    if not daily_fits or last_day <= start or last_day == end:
+    if not daily_fits or last_day < start or last_day == end:
         return segments
     recent = now is not None and end >= now.astimezone(UTC) - NOW_SLACK
     if not recent and following - end > end - last_day:
