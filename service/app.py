@@ -69,7 +69,8 @@ MAX_BODY_BYTES = 32 * 1024 * 1024
 BUDGET_INDEX_REFRESH_S = 30  # distributed mode: how often the API relearns which scopes have budgets
 PRICING_RELOAD_S = 30  # distributed mode: how soon a replica picks up prices a worker wrote
 PRICING_FIRST_RUN_S = 60  # embedded mode: the first price source run, a minute after start
-TRIGGERED_ONLY_S = 365 * 86400  # a job that runs at start-up and then only when triggered
+TRIGGERED_ONLY_S = 365 * 86400  # a job that runs only when triggered
+BUSINESS_METRICS_FIRST_S = 5  # after the start-up jobs: the gauges need no head start
 PUBLIC_PATHS = ["^/health", "^/docs", "^/redoc", "^/openapi.json", "^/metrics"]
 
 
@@ -254,7 +255,8 @@ def create_app(
                     return {**run, "deliveries_started": deliver.dispatch()}
 
                 local.every("evaluate_budgets", settings.budgets.check_interval_s, evaluate_and_dispatch)
-                local.every("evaluate_touched", TRIGGERED_ONLY_S, evaluate_touched)
+                # only when triggered: the scheduled full pass covers start-up
+                local.every("evaluate_touched", TRIGGERED_ONLY_S, evaluate_touched, first_after_s=TRIGGERED_ONLY_S)
                 local.every("dispatch_alerts", settings.alerts.dispatch_interval_s, delivery.dispatch)
                 local.every(
                     "cost_summaries",
@@ -274,6 +276,7 @@ def create_app(
                     "business_metrics",
                     settings.operations.metrics_refresh_interval_s,
                     lambda: refresh_business_metrics(database, settings.operations),
+                    first_after_s=min(settings.operations.metrics_refresh_interval_s, BUSINESS_METRICS_FIRST_S),
                 )
             redis = Redis.from_url(settings.redis_url) if settings.redis_url else None
             shared = SharedClaims(redis) if redis is not None else None
