@@ -22,7 +22,7 @@ from service.auth.guards import principal_of, require_roles
 from service.auth.principal import Principal, Role
 from service.errors import Forbidden, InvalidInput
 from service.logs import request_id_var
-from service.storage.clickhouse import ClickHouse
+from service.storage.clickhouse import ClickHouse, as_utc
 
 AUDIT_COLUMNS = (
     "event_time",
@@ -148,7 +148,7 @@ def read_audit(
     )
     items = [
         AuditEvent(
-            event_time=row["event_time"].replace(tzinfo=UTC) if row["event_time"].tzinfo is None else row["event_time"],
+            event_time=as_utc(row["event_time"]),
             request_id=row["request_id"] or None,
             actor=row["actor"],
             role=row["role"],

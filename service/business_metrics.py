@@ -15,8 +15,8 @@ served from the last snapshot on each scrape:
   nearest its limit, among learners near any threshold).
 - `finops_budget_alerts_active{kind}`: active alerts of current periods.
 
-Values are exact decimals in ClickHouse; the Prometheus text format carries
-floats, so they become floats here and nowhere else.
+Values stay exact decimals here; the Prometheus client writes them out in its
+text format, which carries floats.
 """
 
 from __future__ import annotations
@@ -120,7 +120,7 @@ class BusinessCollector(Collector):
         if snap is None:
             return
         total = GaugeMetricFamily("finops_total_cost_usd", "Cost of every priced event so far, in USD.")
-        total.add_metric([], float(snap.total))
+        total.add_metric([], snap.total)  # type: ignore[arg-type]  # the library turns it into text
         yield total
         yield _family(
             "finops_cost_by_provider_usd",
@@ -159,7 +159,7 @@ class BusinessCollector(Collector):
 def _family(name: str, doc: str, labels: list[str], samples: Iterable[tuple[list[str], Decimal]]) -> Metric:
     family = GaugeMetricFamily(name, doc, labels=labels)
     for values, value in samples:
-        family.add_metric(values, float(value))
+        family.add_metric(values, value)  # type: ignore[arg-type]
     return family
 
 

@@ -49,7 +49,7 @@ from service.budgets.schemas import Budget, ChannelDelivery
 from service.budgets.store import BudgetStore
 from service.metrics import ALERT_DELIVERIES
 from service.settings import AlertSettings
-from service.storage.clickhouse import ClickHouse
+from service.storage.clickhouse import ClickHouse, as_utc
 
 log = logging.getLogger("finops.alerts")
 
@@ -215,7 +215,7 @@ class DeliveryLog:
                 attempts=int(attempts),
                 last_response_code=int(code) or None,
                 last_error=error or None,
-                last_attempt_at=at.replace(tzinfo=UTC) if at.tzinfo is None else at,
+                last_attempt_at=as_utc(at),
                 delivery_id=delivery,
                 digest_size=int(size),
             )
@@ -246,7 +246,8 @@ def plan(db: ClickHouse, settings: AlertSettings, now: datetime | None = None) -
     )
     if not rows:
         return []
-    done = DeliveryLog(db).final_pairs(row["alert_id"] for row in rows)
+    deliveries = DeliveryLog(db)
+    done = deliveries.final_pairs(row["alert_id"] for row in rows)
     due: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
     for row in rows:
         for key in row["channel_keys"]:
@@ -254,7 +255,7 @@ def plan(db: ClickHouse, settings: AlertSettings, now: datetime | None = None) -
                 due[(row["budget_id"], key)].append(row)
     if not due:
         return []
-    sent = DeliveryLog(db).recent_sends(now - timedelta(seconds=settings.cooldown_s)) if settings.cooldown_s else {}
+    sent = deliveries.recent_sends(now - timedelta(seconds=settings.cooldown_s)) if settings.cooldown_s else {}
     tasks: list[DeliveryTask] = []
     for (budget_id, key), alerts in sorted(due.items()):
         if (budget_id, key) in sent:

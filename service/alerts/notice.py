@@ -21,6 +21,7 @@ from typing import Any, Literal
 import msgspec
 
 from service.money import money_str
+from service.storage.clickhouse import as_utc
 
 WEBHOOK_SCHEMA_VERSION = "1"
 SMS_LIMIT = 160  # one GSM-7 segment
@@ -47,9 +48,6 @@ class AlertFacts:
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> AlertFacts:
-        def utc(value: datetime) -> datetime:
-            return value.replace(tzinfo=UTC) if value.tzinfo is None else value
-
         return cls(
             alert_id=row["alert_id"],
             threshold_percent=int(row["threshold_percent"]),
@@ -61,9 +59,9 @@ class AlertFacts:
             tenant_id=row["tenant_id"],
             service=row["service"],
             learner_id=row["learner_id"],
-            period_start=utc(row["period_start"]),
-            period_end=utc(row["period_end"]),
-            created_at=utc(row["created_at"]),
+            period_start=as_utc(row["period_start"]),
+            period_end=as_utc(row["period_end"]),
+            created_at=as_utc(row["created_at"]),
         )
 
     @property

@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 from service.auth.principal import TenantScope
 from service.costs.plan import UTC_NAMES, Granularity, Segment, plan_to_day_end
-from service.storage.clickhouse import ClickHouse
+from service.storage.clickhouse import ClickHouse, as_utc
 
 Dimension = Literal["tenant_id", "service", "learner_id", "provider", "model", "region"]
 DIMENSIONS: tuple[Dimension, ...] = ("tenant_id", "service", "learner_id", "provider", "model", "region")
@@ -579,11 +579,11 @@ class CostQueries:
         out: dict[int, tuple[datetime | None, datetime | None]] = {}
         for kind, key, when in self.db.query(sql, params, label="costs.freshness"):
             if kind == 0:
-                watermark = _aware(when) if when is not None else None
+                watermark = as_utc(when) if when is not None else None
             elif kind == 1:
-                out[int(key)] = (_aware(when), out.get(int(key), (None, None))[1])
+                out[int(key)] = (as_utc(when), out.get(int(key), (None, None))[1])
             else:
-                out[int(key)] = (out.get(int(key), (None, None))[0], _aware(when))
+                out[int(key)] = (out.get(int(key), (None, None))[0], as_utc(when))
         return watermark, out
 
     def precomputed_breakdown(self, filters: CostFilter, period: str, label: str = "costs.precomputed") -> Breakdown:
@@ -674,9 +674,9 @@ class CostQueries:
         )
         out: dict[int, tuple[datetime | None, datetime | None]] = {}
         for key, when in received:
-            out[int(key)] = (_aware(when), None)
+            out[int(key)] = (as_utc(when), None)
         for key, when in computed:
-            out[int(key)] = (out.get(int(key), (None, None))[0], _aware(when))
+            out[int(key)] = (out.get(int(key), (None, None))[0], as_utc(when))
         return out
 
     def total(self, filters: CostFilter, label: str = "costs.total") -> Totals:
@@ -722,7 +722,3 @@ def to_cost_row(row: Sequence[Any], group_by: Sequence[str], bucketed: bool) -> 
     measures = width + (1 if bucketed else 0)
     counts = {name: int(row[measures + i]) for i, name in enumerate(COUNTS)}
     return CostRow(keys, int(row[width]) if bucketed else None, row[measures + len(COUNTS)], counts)
-
-
-def _aware(moment: datetime) -> datetime:
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)

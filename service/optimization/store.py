@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, date, datetime
+from datetime import date, datetime
 
 import msgspec
 
 from service.optimization.schemas import Suggestion
-from service.storage.clickhouse import ClickHouse
+from service.storage.clickhouse import ClickHouse, as_utc
 
 ALL_TENANTS = "*"
 _RUN_COLUMNS = ("window_days", "run_scope", "computed_at", "window_start", "window_end", "suggestions", "seconds")
@@ -34,10 +34,6 @@ class Run:
     computed_at: datetime
     window_start: datetime
     window_end: datetime
-
-
-def _utc(moment: datetime) -> datetime:
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 
 def write_run(db: ClickHouse, run: Run, suggestions: Sequence[Suggestion], seconds: float) -> None:
@@ -92,7 +88,7 @@ def latest_run(db: ClickHouse, window_days: int, scopes: Sequence[str]) -> Run |
     if not rows:
         return None
     days, scope, computed, start, end = rows[0]
-    return Run(int(days), str(scope), _utc(computed), _utc(start), _utc(end))
+    return Run(int(days), str(scope), as_utc(computed), as_utc(start), as_utc(end))
 
 
 def read_suggestions(db: ClickHouse, run: Run, tenant_id: str | None, service: str | None) -> list[Suggestion]:
@@ -127,11 +123,11 @@ def last_received(db: ClickHouse, tenant_id: str | None, since: date) -> datetim
         label="optimization.received",
     )
     when, count = rows[0]
-    return _utc(when) if count else None
+    return as_utc(when) if count else None
 
 
 def prices_changed(db: ClickHouse) -> datetime | None:
     """When `provider_pricing` last received a row (a new or changed price)."""
     rows = db.query("SELECT max(updated_at), count() FROM provider_pricing", label="optimization.prices_changed")
     when, count = rows[0]
-    return _utc(when) if count else None
+    return as_utc(when) if count else None

@@ -16,13 +16,14 @@ from service.audit import audit_action
 from service.auth.guards import principal_of, require_roles
 from service.auth.principal import READERS, Role
 from service.bodies import decode_body
-from service.errors import Forbidden, InvalidInput, StorageUnavailable
+from service.errors import Forbidden, InvalidInput
 from service.openapi import REF_TEMPLATE, json_body_operation
 from service.pricing.overrides import Override, OverrideIn, check_override, read_overrides, write_override
 from service.pricing.reprice import RepriceIn, RepriceSummary
 from service.pricing.service import PricingService, UpdateRun
 from service.pricing.sources.base import SourceError
 from service.pricing.updates import RunReport
+from service.storage.clickhouse import as_utc
 
 ADMIN = "Auth: bearer JWT with role `admin`."
 READ = "Auth: bearer JWT with role `admin`, `tenant-admin` or `user`."
@@ -60,10 +61,6 @@ class PricingRun(msgspec.Struct):
     unchanged: int
     discovered: int
     error: str | None
-
-
-def _utc(value: datetime) -> datetime:
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value
 
 
 class PricingController(Controller):
@@ -143,11 +140,11 @@ class PricingController(Controller):
                 model=r["model"],
                 region=r["region"],
                 tenant_id=r["tenant_id"] or None,
-                effective_from=_utc(r["effective_from"]),
+                effective_from=as_utc(r["effective_from"]),
                 before=msgspec.json.decode(r["before"]) if r["before"] else None,
                 after=msgspec.json.decode(r["after"]) if r["after"] else None,
                 reason=r["reason"] or None,
-                created_at=_utc(r["created_at"]),
+                created_at=as_utc(r["created_at"]),
             )
             for r in rows
         ]
@@ -174,8 +171,8 @@ class PricingController(Controller):
         return [
             PricingRun(
                 **{k: v for k, v in r.items() if k not in ("started_at", "finished_at", "error")},
-                started_at=_utc(r["started_at"]),
-                finished_at=_utc(r["finished_at"]),
+                started_at=as_utc(r["started_at"]),
+                finished_at=as_utc(r["finished_at"]),
                 error=r["error"] or None,
             )
             for r in rows
@@ -307,9 +304,6 @@ class PricingController(Controller):
                 "end must be after start, both with a time zone",
                 errors=[{"field": "end", "reason": "must be after start"}],
             )
-        try:
-            summary = await anyio.to_thread.run_sync(pricing.reprice, data)
-        except StorageUnavailable:
-            raise
+        summary = await anyio.to_thread.run_sync(pricing.reprice, data)
         await audit_action(pricing.db, principal_of(request), "pricing.reprice", "usage_events", "*", after=summary)
         return summary

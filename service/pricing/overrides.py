@@ -15,13 +15,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import ROUND_HALF_EVEN, Decimal
-from typing import Annotated, Any
+from typing import Annotated
 
 import msgspec
 
 from service.pricing.calculator import Metered, Price, PriceBook
 from service.pricing.catalog import CatalogPrice, LongContextRates, Provider, check_rates
-from service.storage.clickhouse import ClickHouse
+from service.storage.clickhouse import ClickHouse, as_utc
 
 TWELVE = Decimal("0.000000000001")
 OVERRIDE_COLUMNS = (
@@ -163,18 +163,14 @@ def read_overrides(db: ClickHouse, tenant_id: str | None = None) -> list[Overrid
             provider=row["provider"],
             model=row["model"],
             region=row["region"],
-            effective_from=_utc(row["effective_from"]),
+            effective_from=as_utc(row["effective_from"]),
             discount_pct=_plain(row["discount_pct"]),
             rates=_rates.decode(row["price"]) if row["price"] else None,
             created_by=row["created_by"],
-            created_at=_utc(row["created_at"]),
+            created_at=as_utc(row["created_at"]),
         )
         for row in rows
     ]
-
-
-def _utc(value: datetime) -> datetime:
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value
 
 
 def _plain(value: Decimal | None) -> str | None:
@@ -259,7 +255,3 @@ class PricingState:
                     version += f"|discount:{(1 - multiplier) * 100:f}%"
                     break
         return cost, version
-
-
-def to_builtins(value: Any) -> Any:
-    return msgspec.to_builtins(value)

@@ -28,7 +28,7 @@ from typing import Any
 import msgspec
 
 from service.pricing.overrides import PricingState
-from service.storage.clickhouse import ClickHouse
+from service.storage.clickhouse import ClickHouse, as_utc
 from service.usage.ingest import EVENT_COLUMNS, INSERT_SETTINGS
 
 CHUNK = 5000
@@ -154,7 +154,7 @@ def reprice(
 def _correction(pricing: PricingState, row: Any, now: datetime) -> list[Any] | None:
     event_id, when, tenant, service, learner, provider, model, region = row[:8]
     stored, status, delta, was_resolved = row[16], row[17], row[18], bool(row[19])
-    when = when.replace(tzinfo=UTC) if when.tzinfo is None else when
+    when = as_utc(when)
     counts = [int(n) for n in row[8:15]]
     usage = _Usage(counts[0], counts[1], counts[2], counts[3], counts[4], counts[5], counts[6], bool(row[15]))
     cost, version = pricing.cost(tenant, provider, model, region or None, when, usage)

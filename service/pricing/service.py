@@ -11,7 +11,7 @@ from typing import Any
 import msgspec
 
 from service.alerts.channels import Channel, channels_from, targets
-from service.alerts.senders import Message, Senders, sign  # noqa: F401 (sign documents the webhook scheme)
+from service.alerts.senders import Message, Senders
 from service.pricing.catalog import parse_catalog, read_prices
 from service.pricing.overrides import PricingState
 from service.pricing.reprice import RepriceIn, RepriceSummary, reprice

@@ -17,6 +17,7 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import unquote, urlparse
 
@@ -31,6 +32,11 @@ from service.metrics import CLICKHOUSE_ERRORS, CLICKHOUSE_QUERY_SECONDS
 IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 # chDB refuses a data path that another process holds with this message.
 _LOCKED_PATH = re.compile(r"Cannot lock file|already running", re.IGNORECASE)
+
+
+def as_utc(value: datetime) -> datetime:
+    """A DateTime64(…, 'UTC') value as an aware UTC datetime (drivers may hand it back naive)."""
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 def is_embedded(url: str) -> bool:
