@@ -31,6 +31,7 @@ from service.settings import (
 )
 from service.storage.clickhouse import ClickHouse
 from service.storage.migrations import migrate
+from tests.databases import DatabasePool
 
 JWT_SECRET = "test-secret-0123456789abcdef0123456789abcdef"
 
@@ -97,15 +98,34 @@ def make_settings(url: str, database: str, **ingest: int) -> Settings:
     )
 
 
+@pytest.fixture(scope="session")
+def databases(chdb_url: str) -> Iterator[DatabasePool]:
+    """Migrated, empty databases: the session migrates one, later tests get its tables emptied
+    under a new name (tests/databases.py). Its client keeps the embedded engine up between tests."""
+    pool = DatabasePool(chdb_url, fresh_database_name)
+    yield pool
+    pool.close()
+
+
 @pytest.fixture
-def settings(chdb_url: str) -> Settings:
-    """Settings on a fresh database of the session's embedded engine."""
-    return make_settings(chdb_url, fresh_database_name())
+def settings(chdb_url: str, databases: DatabasePool) -> Iterator[Settings]:
+    """Settings on a new database of the session's embedded engine: migrated, empty, this test's alone."""
+    name = databases.take()
+    yield make_settings(chdb_url, name)
+    databases.give_back(name)
+
+
+@pytest.fixture
+def unmigrated_settings(chdb_url: str, databases: DatabasePool) -> Iterator[Settings]:
+    """Settings on a new database that no migration has touched (for tests of the migrations)."""
+    name = fresh_database_name()
+    yield make_settings(chdb_url, name)
+    databases.drop(name)
 
 
 @pytest.fixture
 def db(settings: Settings) -> Iterator[ClickHouse]:
-    """A migrated, empty database on the embedded engine."""
+    """A migrated, empty database on the embedded engine (the one `settings` names)."""
     database = ClickHouse(settings.database.url, settings.database.database, pool_size=2)
     migrate(database)
     yield database

@@ -42,6 +42,12 @@ CORE_TABLES = {
 
 
 @pytest.fixture
+def settings(unmigrated_settings: Settings) -> Settings:
+    """Every test here starts from an empty database: migrations run from scratch."""
+    return unmigrated_settings
+
+
+@pytest.fixture
 def fresh(settings: Settings) -> Iterator[ClickHouse]:
     """An empty, unmigrated database on the session's embedded engine."""
     database = ClickHouse(settings.database.url, settings.database.database, pool_size=2)
