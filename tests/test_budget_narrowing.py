@@ -136,6 +136,33 @@ def test_a_narrowed_pass_fires_per_learner_alerts_only_for_learners_written_to(
     assert [r[1] for r in alerts(db, budget_id=template["budget_id"])] == ["learner-1", "learner-3"]
 
 
+def test_a_narrowed_scan_of_several_windows_keeps_each_to_its_own_learners(
+    client: Client, auth: Auth, db: ClickHouse
+) -> None:
+    """A template and single-learner budgets of other windows share one scan (same rollup
+    columns): each window still sees only the learners it was narrowed to."""
+    template = create(client, auth, per_learner=True, limit_usd="5", thresholds=[{"percent": 100}], name="each")
+    one = {"limit_usd": "5", "thresholds": [{"percent": 100}], "period": "weekly", "timezone": "Europe/Paris"}
+    first = create(client, auth, scope={"tenant_id": "school-a", "learner_id": "learner-1"}, name="one", **one)
+    third = create(client, auth, scope={"tenant_id": "school-a", "learner_id": "learner-3"}, name="three", **one)
+    evaluate_budgets(db, now=APRIL_11)
+    record(
+        client,
+        auth,
+        usage("2026-04-10T10:00:00Z", "6", learner_id="learner-1"),
+        usage("2026-04-10T10:00:00Z", "7", learner_id="learner-3"),
+    )
+    run, _ = evaluate_budgets(db, now=APRIL_11, touched=Touched([A]))
+    assert run.queries == 1
+    fired = {(r[0], r[1]) for r in alerts(db)}
+    assert fired == {(template["budget_id"], "learner-1"), (first["budget_id"], "learner-1")}
+    evaluate_budgets(db, now=APRIL_11)
+    assert {(r[0], r[1]) for r in alerts(db)} == fired | {
+        (template["budget_id"], "learner-3"),
+        (third["budget_id"], "learner-3"),
+    }
+
+
 def test_a_budget_change_means_a_full_pass(client: Client, auth: Auth, db: ClickHouse) -> None:
     school_b = create(client, auth, scope={"tenant_id": "school-b"}, limit_usd="100", thresholds=[{"percent": 100}])
     record(client, auth, usage("2026-04-02T10:00:00Z", "6", tenant_id="school-b"))

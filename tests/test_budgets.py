@@ -5,15 +5,18 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
 import anyio.to_thread
+import msgspec
 import pytest
 from litestar.testing import TestClient
 
-from service.budgets.evaluate import Spend, Window, evaluate_budgets, forecast
+from service.budgets.cover import Piece, cover, grain_pieces, learner_pieces
+from service.budgets.evaluate import Spend, Window, evaluate, evaluate_budgets, forecast, recent_start
+from service.budgets.store import BudgetStore
 from service.storage.clickhouse import ClickHouse
 
 Client = TestClient  # type: ignore[type-arg]
@@ -408,3 +411,115 @@ def test_per_learner_forecasts_survive_the_crossing_filter(client: Client, auth:
     )
     evaluate_budgets(db, now=APRIL_11)
     assert [(r[1], r[3]) for r in alerts(db)] == [("trending", "forecast")]
+
+
+# -- where a pass reads spend from ------------------------------------------------------
+
+
+def _covered(pieces: list[Piece], moment: datetime) -> int:
+    """How many times the signed pieces count a moment (a grain piece holds whole buckets)."""
+    return sum(p.sign for p in pieces if p.start <= moment < p.end)
+
+
+@pytest.mark.parametrize(
+    ("start", "end", "now"),
+    [
+        (datetime(2026, 4, 1, tzinfo=UTC), datetime(2026, 4, 11, 11, 20, 0, 5000, tzinfo=UTC), APRIL_11),
+        (datetime(2026, 4, 1, 4, tzinfo=UTC), datetime(2026, 5, 1, 4, tzinfo=UTC), datetime(2026, 5, 9, tzinfo=UTC)),
+        (datetime(2026, 3, 31, 15, tzinfo=UTC), datetime(2026, 4, 11, 1, tzinfo=UTC), APRIL_11),
+        (datetime(2026, 4, 6, tzinfo=UTC), datetime(2026, 4, 13, tzinfo=UTC), datetime(2026, 4, 8, tzinfo=UTC)),
+        (datetime(2026, 4, 10, 15, tzinfo=UTC), datetime(2026, 4, 10, 19, 30, tzinfo=UTC), APRIL_11),
+        (datetime(2026, 4, 1, 0, 17, tzinfo=UTC), datetime(2026, 4, 30, 23, 17, tzinfo=UTC), APRIL_11),
+        (datetime(2026, 2, 27, tzinfo=UTC), datetime(2026, 4, 2, 7, tzinfo=UTC), datetime(2026, 4, 2, 6, tzinfo=UTC)),
+        (datetime(2026, 4, 3, 23, tzinfo=UTC), datetime(2026, 4, 4, 1, tzinfo=UTC), APRIL_11),
+    ],
+)
+def test_covers_count_each_moment_of_the_window_once(start: datetime, end: datetime, now: datetime) -> None:
+    plain = cover(start, end, now)
+    grained = learner_pieces(plain, now.date())
+    for pieces in (plain, grained):
+        moment = start - timedelta(days=40)
+        while moment < end + timedelta(days=40):
+            for probe in (moment, moment + timedelta(minutes=17, milliseconds=1)):
+                assert _covered(pieces, probe) == (1 if start <= probe < end else 0), (probe, pieces)
+            moment += timedelta(minutes=30)
+        for edge in (start, end, start - timedelta(milliseconds=1), end - timedelta(milliseconds=1)):
+            assert _covered(pieces, edge) == (1 if start <= edge < end else 0), (edge, pieces)
+
+
+def test_whole_months_and_weeks_of_learners_are_read_from_the_learner_rollup() -> None:
+    now = datetime(2026, 4, 21, 9, 30, tzinfo=UTC)
+    april = Piece("daily", datetime(2026, 4, 1, tzinfo=UTC), datetime(2026, 4, 22, tzinfo=UTC))
+    month = learner_pieces([april], now.date())
+    # April whole, less the days after today (empty); not 21 day rows per learner
+    assert [(p.source, p.start.day, p.sign) for p in month] == [("day", 22, -1), ("month", 1, 1)]
+    week = grain_pieces(Piece("daily", datetime(2026, 4, 6, tzinfo=UTC), datetime(2026, 4, 20, tzinfo=UTC)), now.date())
+    assert [(p.source, p.start.day, p.end.day) for p in week] == [("week", 6, 20)]
+
+
+PROBES = [  # (time, cost) for learner-1 of school-a; now is 10:20 UTC on 11 April
+    ("2026-03-31T23:00:00Z", "1"),  # March in UTC, 31 March in New York
+    ("2026-04-01T03:30:00Z", "2"),  # April in UTC, still March in New York
+    ("2026-04-01T04:00:00Z", "4"),  # April everywhere
+    ("2026-04-06T12:00:00Z", "8"),  # the week from Monday 6 April
+    ("2026-04-10T12:00:00Z", "16"),  # recent
+    ("2026-04-10T15:30:00Z", "32"),  # 11 April in Tokyo
+    ("2026-04-11T10:00:00.250Z", "64"),  # today, before now
+    ("2026-04-11T10:50:00Z", "128"),  # after now, inside the hour a pass reads past it
+    ("2026-04-11T12:00:00Z", "256"),  # later today: not yet
+    ("2026-04-12T01:00:00Z", "512"),  # tomorrow
+]
+
+
+def test_merged_measurements_equal_the_raw_events_in_each_window(client: Client, auth: Auth, db: ClickHouse) -> None:
+    now = datetime(2026, 4, 11, 10, 20, tzinfo=UTC)
+    each = {"per_learner": True, "limit_usd": "1000"}
+    create(client, auth, name="each UTC", **each)
+    create(client, auth, name="each NY", timezone="America/New_York", **each)
+    create(client, auth, name="each tutor-chat", scope={"tenant_id": "school-a", "service": "tutor-chat"}, **each)
+    one = {"scope": {"tenant_id": "school-a", "learner_id": "learner-1"}, "limit_usd": "1000"}
+    create(client, auth, name="one weekly", period="weekly", **one)
+    create(client, auth, name="one daily Tokyo", period="daily", timezone="Asia/Tokyo", **one)
+    create(client, auth, name="one monthly Paris", timezone="Europe/Paris", **one)
+    create(client, auth, name="tenant weekly NY", period="weekly", timezone="America/New_York")
+    record(client, auth, *(usage(when, cost, event_id=f"probe-{i}") for i, (when, cost) in enumerate(PROBES)))
+    record(client, auth, usage("2026-04-02T10:00:00Z", "3", learner_id="learner-2", service="essay-grader"))
+    budgets = BudgetStore(db).find(tenant_visible=None, filters={})
+    evaluations, queries, failed = evaluate(db, budgets, now)
+    assert not failed
+    assert queries == 3  # (tenant, learner), (tenant, service, learner), (tenant): windows share a query
+    moments = [(datetime.fromisoformat(when.replace("Z", "+00:00")), Decimal(cost)) for when, cost in PROBES]
+    seen = set()
+    for e in evaluations:
+        if e.learner == "learner-2":
+            assert (e.budget.name, e.spend) in {("each UTC", Decimal(3)), ("each NY", Decimal(3))}
+            continue
+        end = min(e.window.end, now + timedelta(hours=1))
+        spend = sum((c for t, c in moments if e.window.start <= t < end), Decimal(0))
+        recent = sum((c for t, c in moments if recent_start(e.window, now) <= t < end), Decimal(0))
+        assert e.spend == spend, e.budget.name
+        assert e.forecast == forecast(Spend(spend, recent), e.window, now), e.budget.name
+        seen.add(e.budget.name)
+    assert seen == {b.name for b in budgets}
+    # the pass's crossing filter keeps what crosses: learner-1 crossed 10 % of every limit but the daily one's
+    for budget in budgets:
+        client.put(
+            f"/budgets/{budget.budget_id}",
+            json={
+                "name": budget.name,
+                "scope": msgspec.to_builtins(budget.scope),
+                "per_learner": budget.per_learner,
+                "period": budget.period,
+                "timezone": budget.timezone,
+                "limit_usd": "1000",
+                "thresholds": [{"percent": 10, "kind": "actual"}],
+            },
+            headers=auth("admin"),
+        ).raise_for_status()
+    evaluate_budgets(db, now=now)
+    fired = {(b.name, r[1]) for r in alerts(db) for b in budgets if b.budget_id == r[0]}
+    assert fired == {(name, "learner-1") for name in ("each UTC", "each NY", "each tutor-chat")} | {
+        ("one weekly", ""),
+        ("one monthly Paris", ""),
+        ("tenant weekly NY", ""),
+    }

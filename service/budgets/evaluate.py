@@ -35,13 +35,11 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from service.alerts.channels import channel_key, targets
-from service.auth.principal import TenantScope
-from service.budgets.schemas import Budget, EvaluationRun
+from service.budgets.cover import Measure, cover, group_query
+from service.budgets.schemas import Budget, EvaluationRun, Threshold
 from service.budgets.store import ALERT_COLUMNS, BudgetStore
 from service.budgets.watch import Touched
 from service.costs.periods import Period, next_period, period_start
-from service.costs.plan import plan
-from service.costs.query import CostFilter, union_sql
 from service.errors import StorageUnavailable
 from service.storage.clickhouse import ClickHouse
 
@@ -73,9 +71,15 @@ def budget_window(budget: Budget, now: datetime) -> Window | None:
         if budget.period_start <= now < budget.period_end:
             return Window(budget.period_start, budget.period_end)
         return None
-    zone = ZoneInfo(budget.timezone)
-    start = period_start(now, PERIODS[budget.period], zone)
-    return Window(start, next_period(start, PERIODS[budget.period], zone))
+    return calendar_window(PERIODS[budget.period], budget.timezone, now)
+
+
+@lru_cache(maxsize=1024)
+def calendar_window(period: Period, timezone: str, now: datetime) -> Window:
+    """The calendar period containing `now` in a zone (cached: a pass asks for the same few many times)."""
+    zone = ZoneInfo(timezone)
+    start = period_start(now, period, zone)
+    return Window(start, next_period(start, period, zone))
 
 
 def per_learner(budget: Budget) -> bool:
@@ -119,12 +123,19 @@ class Measured:
     rows: dict[tuple[str, ...], Spend] = field(default_factory=dict)
 
 
-def forecast(spend: Spend, window: Window, now: datetime) -> Decimal:
+@lru_cache(maxsize=1024)
+def _spans(window: Window, now: datetime) -> tuple[Decimal, Decimal, Decimal]:
+    """(elapsed, remaining, recent span) in seconds: the same for every scope of a window."""
     elapsed = Decimal((now - window.start).total_seconds())
     remaining = Decimal(max((window.end - now).total_seconds(), 0))
+    recent_span = Decimal((now - recent_start(window, now)).total_seconds())
+    return elapsed, remaining, recent_span
+
+
+def forecast(spend: Spend, window: Window, now: datetime) -> Decimal:
+    elapsed, remaining, recent_span = _spans(window, now)
     if elapsed <= 0:
         return spend.total
-    recent_span = Decimal((now - recent_start(window, now)).total_seconds())
     period_rate = spend.total / elapsed
     recent_rate = spend.recent / recent_span if recent_span > 0 else period_rate
     return (spend.total + (period_rate + recent_rate) / 2 * remaining).quantize(TWELVE, rounding=ROUND_HALF_EVEN)
@@ -140,8 +151,15 @@ def percent_of(amount: Decimal, limit: Decimal) -> Decimal:
 
 
 def alert_id(budget: Budget, window: Window, percent: int, kind: str, learner: str) -> str:
-    parts = f"{budget.budget_id}|{window.start.isoformat()}|{percent}|{kind}|{Decimal(budget.limit_usd)}|{learner}"
+    """sha256 of `budget_id|period start|percent|kind|limit|learner`."""
+    head, limit = _alert_id_parts(budget.budget_id, window.start, budget.limit_usd)
+    parts = f"{head}{percent}|{kind}{limit}{learner}"
     return "alt_" + hashlib.sha256(parts.encode()).hexdigest()[:24]
+
+
+@lru_cache(maxsize=65536)
+def _alert_id_parts(budget_id: str, start: datetime, limit: str) -> tuple[str, str]:
+    return f"{budget_id}|{start.isoformat()}|", f"|{Decimal(limit)}|"
 
 
 HUGE = Decimal("1" + "0" * 25)  # above any spend: a scope with no threshold of that kind
@@ -159,10 +177,14 @@ class Floor:
 def least_amounts(budgets: Sequence[Budget], ready: bool) -> Floor:
     """The least threshold amount of each kind over `budgets`, rounded down to the
     12 decimals ClickHouse compares at (so the filter never drops a crossing)."""
+    return _least([(budget.limit_usd, budget.thresholds) for budget in budgets], ready)
+
+
+def _least(limits: Sequence[tuple[str, Sequence[Threshold]]], ready: bool) -> Floor:
     actual = projected = HUGE
-    for budget in budgets:
-        limit = decimal_of(budget.limit_usd)
-        for threshold in budget.thresholds:
+    for text, thresholds in limits:
+        limit = decimal_of(text)
+        for threshold in thresholds:
             amount = (limit * threshold.percent / 100).quantize(TWELVE, rounding=ROUND_FLOOR)
             if threshold.kind == "actual":
                 actual = min(actual, amount)
@@ -206,14 +228,23 @@ def _named(budget: Budget) -> tuple[str, ...]:
     return tuple(c for c in ("tenant_id", "service", "learner_id") if getattr(budget.scope, c))
 
 
-def crossing_having(window: Window, budgets: Sequence[Budget], now: datetime, params: dict[str, Any]) -> str:
-    """A HAVING clause keeping only the rows that may cross a threshold of a budget they belong to.
+def crossing_keep(
+    window: Window,
+    budgets: Sequence[Budget],
+    now: datetime,
+    params: dict[str, Any],
+    prefix: str,
+    total: str = "{total}",
+    recent: str = "{recent}",
+) -> str:
+    """A condition (over the row's spend so far `total` and recent spend `recent`) keeping only
+    the rows that may cross a threshold of a budget of the group they belong to.
 
     For per-learner budgets each row's floor is the least over the budgets that match
     it (budgets grouped by the scope fields they name; each one's floors looked up by
     the row's values of those fields). Rows of other budgets (one row each) are kept
     by key, and checked against their floor in Python (`Floor`). The exact check
-    happens afterwards in Decimal."""
+    happens afterwards in Decimal. Parameters are named with `prefix`."""
     ready = forecast_ready(window, now)
     by_fields: dict[tuple[str, ...], dict[str, list[Budget]]] = defaultdict(lambda: defaultdict(list))
     whole: set[str] = set()
@@ -233,70 +264,91 @@ def crossing_having(window: Window, budgets: Sequence[Budget], now: datetime, pa
         for index, (fields, members) in enumerate(by_fields.items()):
             keys = list(members)
             floors = [least_amounts(members[k], ready) for k in keys]
-            params[f"fk{index}"] = keys
-            params[f"fa{index}"] = [HUGE, *(f.actual for f in floors)]
-            position = f"indexOf({{fk{index}:Array(String)}}, {_key_sql(fields)}) + 1"
-            actual_terms.append(f"{{fa{index}:Array(Decimal(38, 12))}}[{position}]")
+            params[f"{prefix}fk{index}"] = keys
+            params[f"{prefix}fa{index}"] = [HUGE, *(f.actual for f in floors)]
+            position = f"indexOf({{{prefix}fk{index}:Array(String)}}, {_key_sql(fields)}) + 1"
+            actual_terms.append(f"{{{prefix}fa{index}:Array(Decimal(38, 12))}}[{position}]")
             if ready:
-                params[f"fp{index}"] = [HUGE, *(f.projected for f in floors)]
-                projected_terms.append(f"{{fp{index}:Array(Decimal(38, 12))}}[{position}]")
-        params["huge"] = HUGE
-        conditions.append(f"sum(cost_usd) >= least({', '.join(actual_terms)}, {{huge:Decimal(38, 12)}})")
+                params[f"{prefix}fp{index}"] = [HUGE, *(f.projected for f in floors)]
+                projected_terms.append(f"{{{prefix}fp{index}:Array(Decimal(38, 12))}}[{position}]")
+        params[f"{prefix}huge"] = HUGE
+        huge = f"{{{prefix}huge:Decimal(38, 12)}}"
+        conditions.append(f"{total} >= least({', '.join(actual_terms)}, {huge})")
         if projected_terms:
             a, b = forecast_factors(window, now)
-            params.update({"a": a, "b": b})
+            params.update({f"{prefix}a": a, f"{prefix}b": b})
             conditions.append(
-                "sum(cost_usd) * {a:Decimal(18, 9)} + sumIf(cost_usd, t >= {recent:DateTime64(3, 'UTC')})"
-                f" * {{b:Decimal(18, 9)}} >= least({', '.join(projected_terms)}, {{huge:Decimal(38, 12)}})"
+                f"{total} * {{{prefix}a:Decimal(18, 9)}} + {recent} * {{{prefix}b:Decimal(18, 9)}}"
+                f" >= least({', '.join(projected_terms)}, {huge})"
             )
     if whole:
-        params["whole"] = sorted(whole)
-        conditions.append(f"{_key_sql(whole_fields)} IN {{whole:Array(String)}}")
-    return " OR ".join(conditions) or "1"
+        params[f"{prefix}whole"] = sorted(whole)
+        conditions.append(f"{_key_sql(whole_fields)} IN {{{prefix}whole:Array(String)}}")
+    return " OR ".join(f"({c})" for c in conditions) or "1"
 
 
-def measure_group(
-    db: ClickHouse,
-    columns: tuple[str, ...],
-    window: Window,
-    budgets: Sequence[Budget],
-    now: datetime,
-    *,
-    crossing_only: bool = False,
-    learners: Collection[str] | None = None,
-) -> Measured:
-    """Spend so far (and in the recent window) for every scope in the group, in one query.
-
-    With `crossing_only`, only the scopes that may cross a threshold come back
-    (`crossing_having`): almost every learner, and most budgets, are below every
-    threshold, and moving them into Python would dominate the pass. `learners`
-    limits a per-learner group to those learner ids (what ingest touched).
-    """
+def group_values(budgets: Sequence[Budget], learners: Collection[str] | None) -> dict[str, list[str]]:
+    """The values of some columns every row of a group lies inside: a column filters the
+    group only when every budget of it names one (a global per-learner budget must not be
+    narrowed to the tenant of another in its group); `learners` (what ingest touched)
+    limits the learners."""
     values: dict[str, list[str]] = {}
     for column in ("tenant_id", "service", "learner_id"):
-        # a column filters the group only when every budget of it names one: a global
-        # per-learner budget must not be narrowed to the tenant of another in its group
         named = [getattr(b.scope, column) for b in budgets]
         if named and all(named):
             values[column] = sorted(set(named))
     if learners is not None:
         values["learner_id"] = sorted(learners)
-    filters = CostFilter(TenantScope(None), window.start, min(window.end, now + timedelta(hours=1)), values)
-    segments = plan(filters.start, filters.end, "none", "UTC")
-    if not segments:
-        return Measured()
-    params: dict[str, Any] = {"recent": recent_start(window, now)}
-    select = ", ".join([*columns, "sum(cost_usd)", "sumIf(cost_usd, t >= {recent:DateTime64(3, 'UTC')})"])
-    sql = f"SELECT {select} FROM ({union_sql(segments, columns, filters, params)})"
-    if columns:
-        sql += f" GROUP BY {', '.join(columns)}"
-        if crossing_only and any(per_learner(b) for b in budgets):
-            sql += " HAVING " + crossing_having(window, budgets, now, params)
-    result = Measured()
+    return values
+
+
+def scan_values(groups: Sequence[Group]) -> dict[str, list[str]]:
+    """What a scan of several groups may filter on: a column only when every group filters it."""
+    each = [group_values(g.members, g.learners) for g in groups]
+    out: dict[str, list[str]] = {}
+    for column in ("tenant_id", "service", "learner_id"):
+        if each and all(column in v for v in each):
+            out[column] = sorted({value for v in each for value in v[column]})
+    return out
+
+
+def measure_scan(
+    db: ClickHouse, columns: tuple[str, ...], groups: Sequence[Group], now: datetime, *, crossing_only: bool = False
+) -> list[Measured]:
+    """Spend so far (and in the recent window) for every scope of several groups with the same
+    rollup columns, in one query (`cover.group_query`); one `Measured` per group.
+
+    With `crossing_only`, only the scopes that may cross a threshold come back
+    (`crossing_keep`): almost every learner, and most budgets, are below every
+    threshold, and moving them into Python would dominate the pass."""
+    values = scan_values(groups)
+    measures: list[Measure] = []
+    for index, group in enumerate(groups):
+        window = group.window
+        end = min(window.end, now + timedelta(hours=1))
+        params: dict[str, Any] = {}
+        conditions: list[str] = []
+        for column, found in group_values(group.members, group.learners).items():
+            if set(found) != set(values.get(column, ())):  # narrower than the scan: filter its rows
+                params[f"g{index}v_{column}"] = found
+                conditions.append(f"{column} IN {{g{index}v_{column}:Array(String)}}")
+        keep: str | None = None
+        if crossing_only:
+            conditions.append(f"({crossing_keep(window, group.members, now, params, f'g{index}')})")
+            keep = " AND ".join(conditions)
+        elif conditions:
+            keep = " AND ".join([*conditions, "{any}"])
+        measures.append(
+            Measure(cover(window.start, end, now), cover(recent_start(window, now), end, now), keep, params)
+        )
+    query = group_query(columns, measures, values, now.date())
+    results = [Measured() for _ in groups]
+    if not query.sql:
+        return results
     width = len(columns)
-    for row in db.query(sql, params, label="budgets.measure"):
-        result.rows[tuple(row[:width])] = Spend(row[width], row[width + 1])
-    return result
+    for row in db.query(query.sql, query.params, label="budgets.measure"):
+        results[row[width]].rows[tuple(row[:width])] = Spend(row[width + 1], row[width + 2])
+    return results
 
 
 @dataclass
@@ -406,9 +458,15 @@ def _budget_key(budget: Budget) -> tuple[str | None, str | None]:
     return (budget.scope.tenant_id or None, budget.scope.service or None)
 
 
+@lru_cache(maxsize=65536)
+def _floor(limit: str, thresholds: tuple[Threshold, ...], ready: bool) -> Floor:
+    """`least_amounts` of one budget, by its limit and thresholds."""
+    return _least([(limit, thresholds)], ready)
+
+
 def may_cross(budget: Budget, spend: Spend, window: Window, now: datetime, ready: bool) -> bool:
     """A cheap over-approximation (see `Floor`): False only when no threshold can cross."""
-    floor = least_amounts([budget], ready)
+    floor = _floor(budget.limit_usd, tuple(budget.thresholds), ready)
     if spend.total >= floor.actual:
         return True
     if floor.projected >= HUGE:
@@ -417,64 +475,78 @@ def may_cross(budget: Budget, spend: Spend, window: Window, now: datetime, ready
     return spend.total * a + spend.recent * b >= floor.projected
 
 
+def scans(groups: Sequence[Group]) -> dict[tuple[str, ...], list[Group]]:
+    """Groups measured by one query each: those with the same rollup columns."""
+    out: dict[tuple[str, ...], list[Group]] = {}
+    for group in groups:
+        out.setdefault(group.columns, []).append(group)
+    return out
+
+
 def evaluate_groups(
     db: ClickHouse, groups: Sequence[Group], now: datetime, *, crossing_only: bool = False
 ) -> tuple[list[Evaluation], set[str]]:
-    """Measure each group (one query) and make its evaluations; a group that fails (ClickHouse
-    refused it) is logged and skipped, and its budgets' ids returned. With `crossing_only`,
-    only the evaluations that may cross a threshold."""
+    """Measure the groups (one query per set of rollup columns) and make their evaluations; a
+    query that fails (ClickHouse refused it) is logged and skipped, and its budgets' ids returned.
+    With `crossing_only`, only the evaluations that may cross a threshold."""
     evaluations: list[Evaluation] = []
     failed: set[str] = set()
-    for group in groups:
-        window, members = group.window, group.members
+    for columns, scanned in scans(groups).items():
         try:
-            measured = measure_group(
-                db, group.columns, window, members, now, crossing_only=crossing_only, learners=group.learners
-            )
+            measured = measure_scan(db, columns, scanned, now, crossing_only=crossing_only)
         except StorageUnavailable:
-            log.exception("budget evaluation failed for %d budgets; the others go on", len(members))
-            failed.update(b.budget_id for b in members)
+            count = sum(len(g.members) for g in scanned)
+            log.exception("budget evaluation failed for %d budgets; the others go on", count)
+            failed.update(b.budget_id for g in scanned for b in g.members)
             continue
-        ready = forecast_ready(window, now)
-        templates = [b for b in members if per_learner(b)]
-        if templates:
-            # rows keyed (tenant_id, [service,] learner_id), bucketed by the (tenant, service) a budget may name
-            by_scope: dict[tuple[str | None, str | None], list[tuple[tuple[str, ...], Spend]]] = defaultdict(list)
-            for row_key, spend in measured.rows.items():
-                if not row_key[-1]:
-                    continue
-                tenant = row_key[0]
-                service = row_key[1] if len(row_key) == 3 else None
-                entry = (row_key, spend)
-                by_scope[(None, None)].append(entry)
-                by_scope[(tenant, None)].append(entry)
-                if service is not None:
-                    by_scope[(None, service)].append(entry)
-                    by_scope[(tenant, service)].append(entry)
-            for budget in templates:
-                for row_key, spend in by_scope.get(_budget_key(budget), []):
-                    evaluations.append(
-                        Evaluation(
-                            budget,
-                            window,
-                            row_key[-1],
-                            spend.total,
-                            forecast(spend, window, now),
-                            tenant=row_key[0],
-                            forecast_ready=ready,
-                        )
-                    )
-        for budget in members:
-            if per_learner(budget):
-                continue
-            found = measured.rows.get(scope_key(budget))
-            if crossing_only and (found is None or not may_cross(budget, found, window, now, ready)):
-                continue  # below every threshold (or no spend): nothing crosses
-            spend = found or Spend()
-            evaluations.append(
-                Evaluation(budget, window, "", spend.total, forecast(spend, window, now), forecast_ready=ready)
-            )
+        for group, found in zip(scanned, measured, strict=True):
+            evaluations += group_evaluations(group, found, now, crossing_only=crossing_only)
     return evaluations, failed
+
+
+def group_evaluations(group: Group, measured: Measured, now: datetime, *, crossing_only: bool) -> list[Evaluation]:
+    window, members = group.window, group.members
+    evaluations: list[Evaluation] = []
+    ready = forecast_ready(window, now)
+    templates = [b for b in members if per_learner(b)]
+    if templates:
+        # rows keyed (tenant_id, [service,] learner_id), bucketed by the (tenant, service) a budget may name
+        by_scope: dict[tuple[str | None, str | None], list[tuple[tuple[str, ...], Spend]]] = defaultdict(list)
+        for row_key, spend in measured.rows.items():
+            if not row_key[-1]:
+                continue
+            tenant = row_key[0]
+            service = row_key[1] if len(row_key) == 3 else None
+            entry = (row_key, spend)
+            by_scope[(None, None)].append(entry)
+            by_scope[(tenant, None)].append(entry)
+            if service is not None:
+                by_scope[(None, service)].append(entry)
+                by_scope[(tenant, service)].append(entry)
+        for budget in templates:
+            for row_key, spend in by_scope.get(_budget_key(budget), []):
+                evaluations.append(
+                    Evaluation(
+                        budget,
+                        window,
+                        row_key[-1],
+                        spend.total,
+                        forecast(spend, window, now),
+                        tenant=row_key[0],
+                        forecast_ready=ready,
+                    )
+                )
+    for budget in members:
+        if per_learner(budget):
+            continue
+        found = measured.rows.get(scope_key(budget))
+        if crossing_only and (found is None or not may_cross(budget, found, window, now, ready)):
+            continue  # below every threshold (or no spend): nothing crosses
+        spend = found or Spend()
+        evaluations.append(
+            Evaluation(budget, window, "", spend.total, forecast(spend, window, now), forecast_ready=ready)
+        )
+    return evaluations
 
 
 def evaluate(
@@ -493,13 +565,25 @@ def evaluate(
     """
     groups, _ = plan_groups(budgets, now, touched)
     evaluations, failed = evaluate_groups(db, groups, now, crossing_only=crossing_only)
-    return evaluations, len(groups), failed
+    return evaluations, len(scans(groups)), failed
 
 
-def alert_row(evaluation: Evaluation, percent: int, kind: str, now: datetime, state: str = "active") -> list[Any]:
+def alert_row(
+    evaluation: Evaluation,
+    percent: int,
+    kind: str,
+    now: datetime,
+    state: str = "active",
+    *,
+    identifier: str | None = None,
+    channel_keys: list[str] | None = None,
+) -> list[Any]:
+    """A `budget_alerts` row; `identifier` and `channel_keys` when the caller has them already."""
     budget = evaluation.budget
+    if channel_keys is None:
+        channel_keys = [channel_key(target) for target in targets(budget.channels)]
     return [
-        alert_id(budget, evaluation.window, percent, kind, evaluation.learner),
+        identifier or alert_id(budget, evaluation.window, percent, kind, evaluation.learner),
         budget.budget_id,
         budget.name,
         evaluation.tenant or budget.scope.tenant_id or "",
@@ -515,7 +599,7 @@ def alert_row(evaluation: Evaluation, percent: int, kind: str, now: datetime, st
         percent_of(evaluation.spend, evaluation.limit),
         state,
         "pending" if budget.channels else "no_channels",
-        [channel_key(target) for target in targets(budget.channels)],
+        channel_keys,
         now,
         now,
         1,
@@ -634,7 +718,17 @@ def evaluate_budgets(
             )
         }
     step("existing")
-    fresh = [alert_row(*crossing[key], now) for key in crossing if key not in existing]
+    keys: dict[str, list[str]] = {}  # channel keys per budget
+
+    def row(identifier: str) -> list[Any]:
+        evaluation, percent, kind = crossing[identifier]
+        budget = evaluation.budget
+        found = keys.get(budget.budget_id)
+        if found is None:
+            found = keys[budget.budget_id] = [channel_key(target) for target in targets(budget.channels)]
+        return alert_row(evaluation, percent, kind, now, identifier=identifier, channel_keys=found)
+
+    fresh = [row(key) for key in crossing if key not in existing]
     flips: dict[str, str] = {}
     for key, (_, budget_id, tenant, learner, state) in existing.items():
         if not coverage.covers(budget_id, tenant, learner):
@@ -660,7 +754,7 @@ def evaluate_budgets(
         _evaluated_all(db, fingerprint)
     run = EvaluationRun(
         budgets=len(budgets),
-        queries=len(groups),
+        queries=len(scans(groups)),
         fired=len(fresh),
         resolved=resolved,
         seconds=round(time.perf_counter() - started, 4),
