@@ -1,7 +1,9 @@
 """Budget evaluation: one full pass over every budget, and ingest-to-alert latency in embedded mode.
 
 Run by `make bench` as `.venv/bin/python benchmarks/budgets.py`. In one process, on a temporary
-chDB path (chDB allows one engine path per process):
+chDB path (chDB allows one engine path per process), or on `--data DIR`, which keeps the loaded
+events for later runs: a run on a reused load skips step 1 and starts from a freshly opened engine,
+as the service does after a restart (budgets, alerts, deliveries and audit rows are emptied first):
 
 1. Migrates a fresh database and bulk-loads `--events` synthetic priced events (default
    10,000,000) over the last `--days` days (default 90) across the demo's 6 tenants and
@@ -17,8 +19,9 @@ chDB path (chDB allows one engine path per process):
 3. Times `evaluate_budgets(db)` `--passes` times (the first reads the budgets and fires alerts, later
    ones are steady state, the budget list cached behind its fingerprint), each with the time of its
    ClickHouse calls, then one instrumented pass (`evaluate_budgets(db, timings=...)`: the service's
-   own step timings, every measure query named by its group, and the slowest once more, wrapped in
-   `count()`, to separate the engine's time from moving rows into Python). Checks: spend of a
+   own step timings, every measure query named by its groups (one query per set of rollup columns,
+   all their windows in one scan), and the slowest once more, wrapped in `count()`, to separate the
+   engine's time from moving rows into Python, with each UNION ALL branch's scan alone). Checks: spend of a
    sample of budgets against the raw events; the pass's crossing filter (floors in SQL and before
    any forecast) yields exactly the crossings of checking every budget and learner in Decimal; every
    learner with events evaluated by its tenant's template; and a template evaluated alongside a
@@ -44,6 +47,7 @@ import argparse
 import logging
 import os
 import random
+import re
 import resource
 import shutil
 import sys
@@ -66,13 +70,14 @@ from litestar.testing import TestClient
 from prometheus_client import REGISTRY
 from tqdm import tqdm
 
-from benchmarks.queries import learner_ids, load
+from benchmarks.queries import LoadFigures, learner_ids, load, remember, reusable
 from benchmarks.report import elapsed, render_table, say, verdict
 from service.auth.principal import Role
 from service.auth.tokens import issue_token
 from service.budgets import evaluate as evaluate_module
 from service.budgets.evaluate import (
     Evaluation,
+    Group,
     Measured,
     Window,
     alert_id,
@@ -82,7 +87,6 @@ from service.budgets.evaluate import (
 )
 from service.budgets.schemas import DEFAULT_THRESHOLDS, Budget, EvaluationRun, PeriodName, Scope, Threshold
 from service.budgets.store import BUDGET_COLUMNS, budget_row
-from service.costs.plan import plan
 from service.errors import DomainError
 from service.money import money_str
 from service.settings import AuthSettings, DatabaseSettings, ServerSettings, Settings
@@ -99,6 +103,9 @@ POLL_S = 0.05  # how often the latency phase asks GET /alerts
 CROSSING_TIMEOUT_S = 60.0
 MIN_CROSSINGS = 20  # the latency phase stops early, after its time budget, but never before this many
 STARTUP_TIMEOUT_S = 900.0
+
+# Emptied before a run on a reused load (--data): what the run itself writes.
+RESET_TABLES = ("budgets", "budget_alerts", "alert_deliveries", "audit_log")
 
 # Targets.
 PASS_TARGET_S = 2.0
@@ -387,8 +394,10 @@ def timed_passes(db: RecordingClickHouse, passes: int) -> list[PassFigures]:
 
 @dataclass
 class GroupQuery:
+    """One measure query: the groups (windows) of one set of rollup columns."""
+
     columns: tuple[str, ...]
-    window: Window
+    windows: int
     label: str  # "monthly UTC", ...
     members: int
     per_learner: int
@@ -400,7 +409,7 @@ class GroupQuery:
 
 @dataclass
 class Rerun:
-    """One measure query run again: as the pass ran it, wrapped in count(), and each UNION ALL branch."""
+    """One measure query run again: as the pass ran it, wrapped in count(), and each UNION ALL branch's scan."""
 
     why: str
     rows: int
@@ -449,63 +458,56 @@ def rerun(db: RecordingClickHouse, call: Call, why: str) -> Rerun:
     seconds = timed(call.sql)
     counted = timed(f"SELECT count() FROM ({call.sql})")
     branches: list[tuple[str, float]] = []
-    head, _, rest = call.sql.partition(" FROM (")
-    inner, grouped, tail = rest.rpartition(") GROUP BY ")  # a HAVING after it holds parentheses too
-    if grouped:
-        tail = " GROUP BY " + tail
-    else:
-        inner, _, tail = rest.rpartition(")")
-    for branch in inner.split("\nUNION ALL\n"):
+    parts = call.sql.split("\nUNION ALL\n")
+    parts[0] = parts[0][parts[0].rindex("FROM (SELECT ") + len("FROM (") :]
+    ends = [i for i in (parts[-1].find(") GROUP BY "), parts[-1].find(") HAVING ")) if i >= 0]
+    parts[-1] = parts[-1][: min(ends)]
+    for branch in parts:
         source = branch.split(" FROM ", 1)[1].split(" ", 1)[0]
-        branches.append((source, timed(f"SELECT count() FROM ({head} FROM ({branch}){tail})")))
+        branches.append((source, timed(f"SELECT count() FROM ({branch})")))
     db.take()
     return Rerun(why, call.rows, seconds, counted, branches)
 
 
 def instrumented_pass(db: RecordingClickHouse) -> Steps:
-    """evaluate_budgets(db, timings=...): the service's own step timings; `measure_group` is wrapped for
-    the duration of the pass to name each query's group (its columns, window and budgets)."""
+    """evaluate_budgets(db, timings=...): the service's own step timings; `measure_scan` is wrapped for
+    the duration of the pass to name each query's groups (their columns, windows and budgets)."""
     db.take()
     now = datetime.now(UTC)
     described: list[GroupQuery] = []
-    original = evaluate_module.measure_group
+    original = evaluate_module.measure_scan
     recorder = db  # the wrapper's own `db` parameter is evaluate_groups'
 
     def measured(
-        db: ClickHouse,
-        columns: tuple[str, ...],
-        window: Window,
-        budgets: Sequence[Budget],
-        now: datetime,
-        **options: Any,
-    ) -> Measured:
+        db: ClickHouse, columns: tuple[str, ...], groups: Sequence[Group], now: datetime, **options: Any
+    ) -> list[Measured]:
         before = len(recorder.calls)
         try:
-            return original(db, columns, window, budgets, now, **options)
+            return original(db, columns, groups, now, **options)
         finally:
             calls = [c for c in recorder.calls[before:] if c.label == "budgets.measure"]
-            segments = plan(window.start, min(window.end, now + timedelta(hours=1)), "none", "UTC")
-            learners = options.get("learners")
+            budgets = [b for g in groups for b in g.members]
+            filtered = [g.learners for g in groups if g.learners is not None]
             described.append(
                 GroupQuery(
                     columns=columns,
-                    window=window,
+                    windows=len(groups),
                     label=window_label(budgets),
                     members=len(budgets),
                     per_learner=sum(1 for b in budgets if b.per_learner and not b.scope.learner_id),
                     rows=sum(c.rows for c in calls),
                     seconds=sum(c.seconds for c in calls),
-                    sources="+".join(dict.fromkeys(s.source for s in segments)),
-                    learner_filter=len(learners) if learners is not None else 0,
+                    sources="+".join(dict.fromkeys(re.findall(r" FROM (usage_\w+)", " ".join(c.sql for c in calls)))),
+                    learner_filter=len(set().union(*filtered)) if filtered else 0,
                 )
             )
 
     timings: dict[str, float] = {}
-    evaluate_module.measure_group = measured
+    evaluate_module.measure_scan = measured  # type: ignore[assignment]
     try:
         run, _ = evaluate_budgets(db, now=now, timings=timings)
     finally:
-        evaluate_module.measure_group = original
+        evaluate_module.measure_scan = original
     steps = Steps(now=now, run=run, timings=timings, calls=db.take(), groups=described)
     measure_calls = [c for c in steps.calls if c.label == "budgets.measure"]
     if measure_calls:
@@ -536,13 +538,12 @@ def report_steps(steps: Steps) -> None:
         f"  current alerts read: {t.get('existing', 0):.3f}s; diff {t.get('diff', 0):.3f}s; "
         f"alert write {t.get('write', 0):.3f}s"
     )
-    say("  measure queries, slowest first: seconds | rows | columns | window | budgets | learner filter | sources")
+    say("  measure queries, slowest first: seconds | rows | columns | windows | budgets | learner filter | sources")
     for group in sorted(steps.groups, key=lambda g: -g.seconds):
-        span = (group.window.end - group.window.start).total_seconds() / 86400
         templates = f" ({group.per_learner} per-learner)" if group.per_learner else ""
         say(
             f"    {group.seconds:6.3f}s {group.rows:>7,} rows  ({', '.join(group.columns) or 'global'})  "
-            f"{group.label} {group.window.start:%m-%d %H:%M}Z +{span:.0f}d  {group.members:,} budgets{templates}  "
+            f"{group.windows} windows ({group.label})  {group.members:,} budgets{templates}  "
             f"IN[{group.learner_filter:,}]  {group.sources}"
         )
     for again in steps.reruns:
@@ -1041,6 +1042,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--templates", type=int, default=50_000, help="distinct priced event templates")
     parser.add_argument("--seed", type=int, default=11, help="random seed")
     parser.add_argument("--keep", action="store_true", help="keep the temporary chDB directory")
+    parser.add_argument(
+        "--data",
+        type=Path,
+        default=None,
+        help="chDB directory to keep the loaded events in and reuse on later runs (a run on a reused load "
+        "starts from a freshly opened engine, as after a restart; budgets, alerts and deliveries are emptied)",
+    )
     args = parser.parse_args(argv)
     if (
         args.events < 1
@@ -1059,15 +1067,26 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    workdir = Path(tempfile.mkdtemp(prefix="finops-bench-budgets-"))
+    workdir = (args.data or Path(tempfile.mkdtemp(prefix="finops-bench-budgets-"))).resolve()
+    workdir.mkdir(parents=True, exist_ok=True)
     db = RecordingClickHouse(f"chdb://{workdir / 'ch'}", DATABASE)
-    say(f"finops-svc budget benchmark; scratch dir {workdir}")
+    say(f"finops-svc budget benchmark; {'data' if args.data else 'scratch'} dir {workdir}")
     latency: LatencyFigures | None = None
     try:
-        say("migrate: applying migrations to a fresh database")
+        saved = reusable(workdir, args)
+        say("migrate: applying pending migrations")
         say(f"migrate: {len(migrate(db))} migrations applied")
-        now = now_ms()
-        figures = load(db, args, now)
+        if saved is None:
+            now = now_ms()
+            figures = load(db, args, now)
+            if args.data:
+                remember(workdir, args, figures, now)
+        else:
+            figures = LoadFigures(**saved["figures"])
+            loaded_at = datetime.fromisoformat(saved["now"])
+            say(f"load: reusing {figures.events:,} events loaded at {loaded_at.isoformat()} (the engine just opened)")
+            for table in RESET_TABLES:
+                db.command(f"TRUNCATE TABLE {table}", label="bench.reset")
         learners = learner_ids(args.learners)
 
         mix = budget_mix(args.budgets, learners, now_ms(), args.seed)
@@ -1098,7 +1117,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     finally:
         db.close()
-        if args.keep:
+        if args.keep or args.data:
             say(f"kept {workdir}")
         else:
             shutil.rmtree(workdir, ignore_errors=True)
