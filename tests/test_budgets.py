@@ -455,6 +455,15 @@ def test_whole_months_and_weeks_of_learners_are_read_from_the_learner_rollup() -
     assert [(p.source, p.start.day, p.sign) for p in month] == [("day", 22, -1), ("month", 1, 1)]
     week = grain_pieces(Piece("daily", datetime(2026, 4, 6, tzinfo=UTC), datetime(2026, 4, 20, tzinfo=UTC)), now.date())
     assert [(p.source, p.start.day, p.end.day) for p in week] == [("week", 6, 20)]
+    # a recent window from Tuesday: the week, less Monday and the days after today (empty)
+    recent = learner_pieces(
+        [Piece("daily", datetime(2026, 4, 14, tzinfo=UTC), datetime(2026, 4, 22, tzinfo=UTC))], now.date()
+    )
+    assert [(p.source, p.start.day, p.end.day, p.sign) for p in recent] == [
+        ("day", 13, 14, -1),
+        ("day", 22, 27, -1),
+        ("week", 13, 27, 1),
+    ]
 
 
 PROBES = [  # (time, cost) for learner-1 of school-a; now is 10:20 UTC on 11 April

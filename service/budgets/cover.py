@@ -124,20 +124,26 @@ def grain_pieces(piece: Piece, today: date) -> list[Piece]:
     """A `daily` piece as buckets of the learner rollup: whole months, then whole weeks
     (from Monday), then days. A month or week that starts inside the range and reaches past
     its end is taken whole, less its days from the end on, when those days are all after
-    `today` (they hold next to nothing); a month that starts at most `LEADING_DAYS` before
-    the range is taken whole less those days."""
+    `today` (they hold next to nothing). At the start, a month or week that begins at most
+    `LEADING_DAYS` before the range is taken whole less those days, when that replaces more
+    day rows (up to today) than it adds."""
     start, end = piece.start.date(), piece.end.date()
     out: list[Piece] = []
     cursor = start
-    month = _grain_floor(start, "month")
-    following = _grain_next(month, "month")
-    if month < start and (start - month).days <= LEADING_DAYS and (following <= end or end > today):
-        # the month, less its first few days
-        out += [Piece("month", _moment(month), _moment(following), piece.sign)]
-        out += [Piece("day", _moment(month), _moment(start), -piece.sign)]
-        if following > end:
-            out.append(Piece("day", _moment(end), _moment(following), -piece.sign))
-        cursor = min(following, end)
+    for grain in ("month", "week"):
+        bucket = _grain_floor(start, grain)
+        following = _grain_next(bucket, grain)
+        lead = (start - bucket).days
+        if not lead:
+            break  # the range starts with a whole bucket of this grain: taken below
+        replaced = (min(following, end, today + timedelta(days=1)) - start).days
+        if lead <= LEADING_DAYS and (following <= end or end > today) and replaced > lead + 1:
+            out += [Piece(grain, _moment(bucket), _moment(following), piece.sign)]
+            out += [Piece("day", _moment(bucket), _moment(start), -piece.sign)]
+            if following > end:
+                out.append(Piece("day", _moment(end), _moment(following), -piece.sign))
+            cursor = min(following, end)
+            break
     while cursor < end:
         for grain in GRAINS:
             if _grain_floor(cursor, grain) != cursor:
