@@ -60,33 +60,43 @@ def _ceil(moment: datetime) -> datetime:
     return floored if floored == moment else floored + DAY
 
 
-def _planned(start: datetime, end: datetime, sign: int = 1) -> list[Piece]:
+def _planned(start: datetime, end: datetime, sign: int = 1, *, hours: bool = True) -> list[Piece]:
+    """Less than a day: whole hours and raw minutes, or (without `hours`) raw events throughout."""
+    if not hours:
+        return [Piece("raw", start, end, sign)] if start < end else []
     return [Piece(_PLANNED[s.source], s.start, s.end, sign * s.sign) for s in plan(start, end, "none", "UTC")]
 
 
-def cover(start: datetime, end: datetime, now: datetime) -> list[Piece]:
-    """[start, end) as signed pieces of the daily, hourly and raw sources: each moment counted once."""
+def cover(start: datetime, end: datetime, now: datetime, *, hours: bool = True) -> list[Piece]:
+    """[start, end) as signed pieces of the daily, hourly and raw sources: each moment counted once.
+
+    What follows an end at or after `now` is taken away from the raw events (stamped in the
+    future: next to none, read by time through the raw events' time-ordered projection).
+    Without `hours`, the parts of a day are read from the raw events only: when the hourly
+    rows are about as many as the events (at learner grain), one table fewer to read."""
     start, end = start.astimezone(UTC), end.astimezone(UTC)
     if start >= end:
         return []
     first_day, last_day = _ceil(start), _floor(end)
     if first_day > last_day:  # inside one UTC day, touching neither midnight
-        return _planned(start, end)
+        return _planned(start, end, hours=hours)
     pieces: list[Piece] = []
     if start < first_day:
         day = first_day - DAY
         if first_day - start > start - day:  # more of the day inside than outside: the day, less its start
-            pieces += [Piece("daily", day, first_day), *_planned(day, start, -1)]
+            pieces += [Piece("daily", day, first_day), *_planned(day, start, -1, hours=hours)]
         else:
-            pieces += _planned(start, first_day)
+            pieces += _planned(start, first_day, hours=hours)
     if first_day < last_day:
         pieces.append(Piece("daily", first_day, last_day))
     if last_day < end:
         following = last_day + DAY
-        if end >= now or following - end < end - last_day:  # the day, less what follows the end
-            pieces += [Piece("daily", last_day, following), *_planned(end, following, -1)]
+        if end >= now:  # the day, less what follows the end (the future)
+            pieces += [Piece("daily", last_day, following), Piece("raw", end, following, -1)]
+        elif following - end < end - last_day:  # the day, less what follows the end
+            pieces += [Piece("daily", last_day, following), *_planned(end, following, -1, hours=hours)]
         else:
-            pieces += _planned(last_day, end)
+            pieces += _planned(last_day, end, hours=hours)
     return _joined(pieces)
 
 

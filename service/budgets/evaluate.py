@@ -322,6 +322,9 @@ def measure_scan(
     (`crossing_keep`): almost every learner, and most budgets, are below every
     threshold, and moving them into Python would dominate the pass."""
     values = scan_values(groups)
+    # at learner grain an hour's rollup rows are about as many as its events: read the
+    # parts of days from the raw events alone
+    learners = "learner_id" in columns or "learner_id" in values
     measures: list[Measure] = []
     for index, group in enumerate(groups):
         window = group.window
@@ -338,9 +341,9 @@ def measure_scan(
             keep = " AND ".join(conditions)
         elif conditions:
             keep = " AND ".join([*conditions, "{any}"])
-        measures.append(
-            Measure(cover(window.start, end, now), cover(recent_start(window, now), end, now), keep, params)
-        )
+        total = cover(window.start, end, now, hours=not learners)
+        recent = cover(recent_start(window, now), end, now, hours=not learners)
+        measures.append(Measure(total, recent, keep, params))
     query = group_query(columns, measures, values, now.date())
     results = [Measured() for _ in groups]
     if not query.sql:
