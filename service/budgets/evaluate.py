@@ -315,8 +315,9 @@ def scan_values(groups: Sequence[Group]) -> dict[str, list[str]]:
 def measure_scan(
     db: ClickHouse, columns: tuple[str, ...], groups: Sequence[Group], now: datetime, *, crossing_only: bool = False
 ) -> list[Measured]:
-    """Spend so far (and in the recent window) for every scope of several groups with the same
-    rollup columns, in one query (`cover.group_query`); one `Measured` per group.
+    """Spend so far (and in the recent window) for every scope of several groups, in one query
+    grouped by `columns` (`cover.group_query`; each group's rollup columns among them); one
+    `Measured` per group, keyed by its own columns.
 
     With `crossing_only`, only the scopes that may cross a threshold come back
     (`crossing_keep`): almost every learner, and most budgets, are below every
@@ -349,8 +350,17 @@ def measure_scan(
     if not query.sql:
         return results
     width = len(columns)
+    picks = [[columns.index(c) for c in group.columns] for group in groups]
     for row in db.query(query.sql, query.params, label="budgets.measure"):
-        results[row[width]].rows[tuple(row[:width])] = Spend(row[width + 1], row[width + 2])
+        index = row[width]
+        found = results[index].rows
+        key = tuple(row[i] for i in picks[index])
+        spend = found.get(key)
+        if spend is None:
+            found[key] = Spend(row[width + 1], row[width + 2])
+        else:  # a query grouped finer than the group (`scans`): add up
+            spend.total += row[width + 1]
+            spend.recent += row[width + 2]
     return results
 
 
@@ -478,11 +488,17 @@ def may_cross(budget: Budget, spend: Spend, window: Window, now: datetime, ready
     return spend.total * a + spend.recent * b >= floor.projected
 
 
+SCOPES = ("tenant_id", "service")
+
+
 def scans(groups: Sequence[Group]) -> dict[tuple[str, ...], list[Group]]:
-    """Groups measured by one query each: those with the same rollup columns."""
+    """Groups measured by one query each, by the columns the query groups by: groups keyed by
+    learner, by their rollup columns; every other group (global, tenant, service, tenant and
+    service) in one query by tenant and service, summed up to its own columns afterwards (a few
+    rows per tenant)."""
     out: dict[tuple[str, ...], list[Group]] = {}
     for group in groups:
-        out.setdefault(group.columns, []).append(group)
+        out.setdefault(group.columns if "learner_id" in group.columns else SCOPES, []).append(group)
     return out
 
 
