@@ -101,7 +101,7 @@ def make_settings(url: str, database: str, **ingest: int) -> Settings:
 @pytest.fixture(scope="session")
 def databases(chdb_url: str) -> Iterator[DatabasePool]:
     """Migrated, empty databases: the session migrates one, later tests get its tables emptied
-    under a new name (tests/databases.py). Its client keeps the embedded engine up between tests."""
+    under a new name (tests/databases.py)."""
     pool = DatabasePool(chdb_url, fresh_database_name)
     yield pool
     pool.close()

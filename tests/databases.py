@@ -22,6 +22,8 @@ name (a journal directory, a cache in the process) carries over.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from service.errors import StorageUnavailable
@@ -38,7 +40,7 @@ class DatabasePool:
     def __init__(self, url: str, new_name: Any) -> None:
         self.url = url
         self._new_name = new_name
-        self._admin = ClickHouse(url, "default", pool_size=1, max_overflow=0)
+        self._admin: ClickHouse | None = None
         self._spare: str | None = None
         self._schema: list[tuple[Any, ...]] | None = None
         self.migrated = 0  # databases migrated from scratch this session
@@ -48,10 +50,25 @@ class DatabasePool:
         if self._spare is not None:
             self.drop(self._spare)
             self._spare = None
-        self._admin.close()
+
+    @contextmanager
+    def _connected(self) -> Iterator[None]:
+        """A client for the pool's own statements, closed afterwards: between tests no client is
+        open, so the embedded engine stops and starts with the tests' own clients, as it would
+        without the pool (a test that restarts the app restarts the engine too)."""
+        self._admin = ClickHouse(self.url, "default", pool_size=1, max_overflow=0)
+        try:
+            yield
+        finally:
+            self._admin.close()
+            self._admin = None
 
     def take(self) -> str:
         """The name of a new database, migrated and empty."""
+        with self._connected():
+            return self._take()
+
+    def _take(self) -> str:
         name: str = self._new_name()
         spare, self._spare = self._spare, None
         if spare is not None and self._schema is not None:
@@ -84,15 +101,24 @@ class DatabasePool:
         self._spare = name
 
     def drop(self, name: str) -> None:
-        self._command("DROP DATABASE IF EXISTS {db:Identifier}", {"db": name})
+        if self._admin is not None:
+            self._command("DROP DATABASE IF EXISTS {db:Identifier}", {"db": name})
+            return
+        with self._connected():
+            self._command("DROP DATABASE IF EXISTS {db:Identifier}", {"db": name})
 
     # -- internals --------------------------------------------------------
 
+    @property
+    def _client(self) -> ClickHouse:
+        assert self._admin is not None, "the pool's statements run inside _connected()"
+        return self._admin
+
     def _command(self, sql: str, parameters: dict[str, Any] | None = None) -> None:
-        self._admin.command(sql, parameters, label="tests.databases")
+        self._client.command(sql, parameters, label="tests.databases")
 
     def _objects(self, name: str) -> list[tuple[str, str, str]]:
-        rows = self._admin.query(
+        rows = self._client.query(
             "SELECT name, engine, create_table_query FROM system.tables WHERE database = {db:String} ORDER BY name",
             {"db": name},
             label="tests.databases",
@@ -107,7 +133,7 @@ class DatabasePool:
         ]
         if any(n == "schema_migrations" for n, _, _ in schema):
             schema.extend(
-                self._admin.query(
+                self._client.query(
                     "SELECT version, checksum FROM {db:Identifier}.schema_migrations FINAL ORDER BY version",
                     {"db": name},
                     label="tests.databases",
