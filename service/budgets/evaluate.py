@@ -247,15 +247,15 @@ def crossing_keep(
     happens afterwards in Decimal. Parameters are named with `prefix`."""
     ready = forecast_ready(window, now)
     by_fields: dict[tuple[str, ...], dict[str, list[Budget]]] = defaultdict(lambda: defaultdict(list))
-    whole: set[str] = set()
+    whole: set[Any] = set()
     whole_fields: tuple[str, ...] = ()
     for budget in budgets:
         fields = _named(budget)
-        key = _key([getattr(budget.scope, c) for c in fields])
         if per_learner(budget):
-            by_fields[fields][key].append(budget)
+            by_fields[fields][_key([getattr(budget.scope, c) for c in fields])].append(budget)
         else:
-            whole.add(key)
+            key = scope_key(budget)
+            whole.add(key if len(key) > 1 else key[0] if key else "")
             whole_fields = fields  # the group's columns: the same for each of them
     conditions: list[str] = []
     if by_fields:
@@ -281,9 +281,12 @@ def crossing_keep(
                 f"{total} * {{{prefix}a:Decimal(18, 9)}} + {recent} * {{{prefix}b:Decimal(18, 9)}}"
                 f" >= least({', '.join(projected_terms)}, {huge})"
             )
-    if whole:
+    if whole and whole_fields:
         params[f"{prefix}whole"] = sorted(whole)
-        conditions.append(f"{_key_sql(whole_fields)} IN {{{prefix}whole:Array(String)}}")
+        kind = f"Tuple({', '.join(['String'] * len(whole_fields))})" if len(whole_fields) > 1 else "String"
+        conditions.append(f"({', '.join(whole_fields)}) IN {{{prefix}whole:Array({kind})}}")
+    elif whole:
+        conditions.append("1")  # global budgets: the one row
     return " OR ".join(f"({c})" for c in conditions) or "1"
 
 
@@ -332,7 +335,10 @@ def measure_scan(
         end = min(window.end, now + timedelta(hours=1))
         params: dict[str, Any] = {}
         conditions: list[str] = []
-        for column, found in group_values(group.members, group.learners).items():
+        own = group_values(group.members, group.learners)
+        if crossing_only and not group.per_learner:
+            own = {}  # its rows are kept by key (`crossing_keep`), inside its own values
+        for column, found in own.items():
             if set(found) != set(values.get(column, ())):  # narrower than the scan: filter its rows
                 params[f"g{index}v_{column}"] = found
                 conditions.append(f"{column} IN {{g{index}v_{column}:Array(String)}}")
