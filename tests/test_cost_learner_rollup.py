@@ -17,11 +17,14 @@ from service.costs.query import (
     LEARNER_ROLLUP,
     CostFilter,
     CostQueries,
+    CostRow,
     GrainSpan,
     _grain_cover,
     _net,
     learner_rollup_fits,
 )
+from service.costs.summaries import DEFAULT_SLACK as SLACK
+from service.costs.summaries import refresh_cost_summaries
 from service.storage.clickhouse import ClickHouse
 from service.usage.ingest import EVENT_COLUMNS
 from service.usage.schemas import UsageEvent
@@ -432,3 +435,74 @@ def test_plan_to_day_end_reads_today_whole_from_midnight(db: ClickHouse) -> None
     assert [(r.bucket, r.cost_usd, r.counts["events"]) for r in rows] == [
         (int(midnight.timestamp()), Decimal("0.75"), 2)
     ]
+
+
+# -- the summary in one query ---------------------------------------------------------
+
+
+NO_SLACK = timedelta(0)
+
+
+def _tops(rows: list[CostRow], name: str, bucket: int, top: int) -> list[tuple[str, Decimal]]:
+    found = sorted((r for r in rows if r.bucket == bucket), key=lambda r: (-r.cost_usd, r.keys[name] or ""))
+    return [(r.keys[name] or "", r.cost_usd) for r in found[:top]]
+
+
+def _summary_matches_breakdown(
+    queries: CostQueries, filters: CostFilter, granularity: str, tz: str, slack: timedelta | None
+) -> datetime:
+    rows, split = queries.summary_periods(filters, granularity, tz, granularity, 2, slack)  # type: ignore[arg-type]
+    expected = queries.breakdown(filters, granularity, tz)  # type: ignore[arg-type]
+    assert {r.bucket: (r.cost_usd, r.counts) for r in rows} == {
+        r.bucket: (r.cost_usd, r.counts) for r in expected.periods
+    }
+    for row in rows:
+        assert row.top_services == _tops(expected.services, "service", row.bucket, 2)
+        assert row.top_models == _tops(expected.models, "model", row.bucket, 2)
+    return split
+
+
+def test_summary_periods_read_current_precomputed_periods_and_the_rollups_for_the_rest(loaded: ClickHouse) -> None:
+    queries = CostQueries(loaded)
+    end = utc(2026, 3, 9, 13, 15)
+    cases = [(utc(2026, 1, 26), "day"), (utc(2026, 1, 26), "week"), (utc(2026, 1, 1), "month")]
+    for start, period in cases:  # before the first refresh: nothing precomputed
+        assert _summary_matches_breakdown(queries, CostFilter(EVERYONE, start, end), period, "UTC", SLACK) == start
+        _summary_matches_breakdown(queries, CostFilter(EVERYONE, start, end), period, "America/New_York", None)
+    refresh_cost_summaries(loaded, SLACK)
+    # (the crafted events were received moments ago: without slack their rows are current)
+    for start, period in cases:  # whole periods ending by `end` from cost_summaries, the rest from the rollups
+        split = _summary_matches_breakdown(queries, CostFilter(EVERYONE, start, end), period, "UTC", NO_SLACK)
+        assert split == {"day": utc(2026, 3, 9), "week": utc(2026, 3, 9), "month": utc(2026, 3, 1)}[period]
+        filtered = CostFilter(EVERYONE, start, end, {"tenant_id": ["school-a"], "service": ["quiz"]})
+        assert _summary_matches_breakdown(queries, filtered, period, "UTC", NO_SLACK) == split
+    # a late event on 2026-02-11 (a Wednesday): its day, week and month are stale from there on
+    insert_events(
+        loaded, [stored_event("late", utc(2026, 2, 11, 8), cost_usd="0.000000000007", received_at=datetime.now(UTC))]
+    )
+    for start, period in cases:
+        split = _summary_matches_breakdown(queries, CostFilter(EVERYONE, start, end), period, "UTC", NO_SLACK)
+        assert split == {"day": utc(2026, 2, 11), "week": utc(2026, 2, 9), "month": utc(2026, 2, 1)}[period]
+        rows, _ = queries.summary_periods(CostFilter(EVERYONE, start, end), period, "UTC", period, 5, NO_SLACK)  # type: ignore[arg-type]
+        assert sum((r.cost_usd for r in rows), Decimal(0)) == raw_by(loaded, start, end, "1")[1][0]
+
+
+@pytest.mark.parametrize("today", [date(2026, 11, 27), date(2026, 3, 3)], ids=str)
+def test_narrow_learner_ranking_has_exact_learner_figures_and_totals(
+    loaded: ClickHouse, today: date, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # learner rows from the learner-keyed rollups (cost, events, tokens), every other count
+    # of the total from the rollups without the learner
+    monkeypatch.setattr("service.costs.query._today", lambda: today)
+    queries = CostQueries(loaded)
+    ranked = ("events", "input_tokens", "output_tokens")
+    for start, end in ranges(random.Random(9))[:10]:
+        filters = CostFilter(EVERYONE, start, end, {"tenant_id": ["school-a"]})
+        rows, total = queries.ranked_with_total(filters, "learner_id", 10, narrow=True)
+        expected = raw_by(loaded, start, end, "learner_id", "school-a")
+        got = {r.keys["learner_id"]: (r.cost_usd, *(r.counts[c] for c in ranked)) for r in rows if r.keys["learner_id"]}
+        indexes = [1 + COUNTS.index(c) for c in ranked]
+        assert got == {k: (v[0], *(v[i] for i in indexes)) for k, v in expected.items() if k}, (start, end)
+        assert (total.cost_usd, *(total.counts[c] for c in COUNTS)) == tuple(
+            sum((v[i] for v in expected.values()), Decimal(0) if i == 0 else 0) for i in range(1 + len(COUNTS))
+        ), (start, end)

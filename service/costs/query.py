@@ -49,21 +49,21 @@ _RAW_MEASURES = ", ".join(_RAW_MEASURE_LIST)
 _SOURCES = {
     "usage_daily": (
         "toDateTime(bucket, 'UTC')",
-        "bucket >= toDate({s%(i)d:DateTime('UTC')}) AND bucket < toDate({e%(i)d:DateTime('UTC')})",
+        "bucket >= toDate({s%(i)s:DateTime('UTC')}) AND bucket < toDate({e%(i)s:DateTime('UTC')})",
         _ROLLUP_MEASURE_LIST,
     ),
     "usage_hourly": (
         "bucket",
-        "bucket >= {s%(i)d:DateTime('UTC')} AND bucket < {e%(i)d:DateTime('UTC')}",
+        "bucket >= {s%(i)s:DateTime('UTC')} AND bucket < {e%(i)s:DateTime('UTC')}",
         _ROLLUP_MEASURE_LIST,
     ),
     "usage_events": (
         "toDateTime(event_time, 'UTC')",
         # the hour bounds let the primary key (tenant, service, hour, ...) skip granules
         # in parts the projection does not cover yet
-        "event_time >= {s%(i)d:DateTime64(3, 'UTC')} AND event_time < {e%(i)d:DateTime64(3, 'UTC')}"
-        " AND toStartOfHour(event_time) >= toStartOfHour({s%(i)d:DateTime64(3, 'UTC')})"
-        " AND toStartOfHour(event_time) <= toStartOfHour({e%(i)d:DateTime64(3, 'UTC')})",
+        "event_time >= {s%(i)s:DateTime64(3, 'UTC')} AND event_time < {e%(i)s:DateTime64(3, 'UTC')}"
+        " AND toStartOfHour(event_time) >= toStartOfHour({s%(i)s:DateTime64(3, 'UTC')})"
+        " AND toStartOfHour(event_time) <= toStartOfHour({e%(i)s:DateTime64(3, 'UTC')})",
         _RAW_MEASURE_LIST,
     ),
 }
@@ -170,27 +170,80 @@ def _branch(
     )
 
 
+# A ranking by learner shows each learner's cost, events and tokens only; its total
+# shows every count. Read `narrow`, the learner-keyed rollups give those (and the
+# unpriced events, which the learner rollup nets of the corrections that price them),
+# and the rollups without the learner give the other counts to the total alone (as
+# learner ''): the widest table is read for five of its ten measures.
+_RANKED = frozenset({"events", "unpriced_events", "input_tokens", "output_tokens", "cost_usd"})
+
+
+def _measure_name(part: str) -> str:
+    expression, _, name = part.rpartition(" AS ")
+    return name if expression else part
+
+
+def _narrowable(dimensions: Sequence[str], filters: CostFilter) -> bool:
+    """Whether a ranking by learner can be read `narrow` (the rollups without the learner
+    cannot take a learner filter or search)."""
+    return "learner_id" in dimensions and not filters.values.get("learner_id") and not filters.learner_search
+
+
+def _only(measures: Sequence[str], ranked: bool) -> list[str]:
+    """`measures`, each outside `_RANKED` (or, with `ranked=False`, inside it) read as zero."""
+    zero = {"cost_usd": "toDecimal128(0, 12)", "unpriced_events": "toInt64(0)"}
+    return [
+        part
+        if (_measure_name(part) in _RANKED) == ranked
+        else f"{zero.get(_measure_name(part), 'toUInt64(0)')} AS {_measure_name(part)}"
+        for part in measures
+    ]
+
+
 def union_sql(
-    segments: Sequence[Segment], dimensions: Sequence[str], filters: CostFilter, params: dict[str, Any]
+    segments: Sequence[Segment],
+    dimensions: Sequence[str],
+    filters: CostFilter,
+    params: dict[str, Any],
+    daily_from: str | None = None,
+    *,
+    narrow: bool = False,
+    extras_only: bool = False,
+    prefix: str = "",
 ) -> str:
     """One UNION ALL over the segments: one branch per table, its segments' ranges OR'd
-    (a segment with sign -1 is taken away, see `plan_to_day_end`)."""
+    (a segment with sign -1 is taken away, see `plan_to_day_end`). `daily_from`, a SQL
+    Date, cuts the `usage_daily` segments' rows before it (see `summary_periods`).
+    `narrow` (a ranking by learner): see `_RANKED`; `extras_only`: only the counts outside
+    `_RANKED`, from the rollups without the learner. `prefix` names the parameters."""
     branches = []
     where_common = filters.where(params)
     columns = ", ".join(dimensions)
     learner = "learner_id" in dimensions or bool(filters.values.get("learner_id")) or bool(filters.learner_search)
     ranges: dict[str, dict[int, list[str]]] = {}
-    for index, segment in enumerate(segments):
+    for position, segment in enumerate(segments):
+        index = f"{prefix}{position}"
         params[f"s{index}"] = segment.start
         params[f"e{index}"] = segment.end
-        condition = f"({_SOURCES[segment.source][1] % {'i': index}})"
+        condition = _SOURCES[segment.source][1] % {"i": index}
+        if daily_from is not None and segment.source == "usage_daily":
+            condition += f" AND bucket >= {daily_from}"
+        condition = f"({condition})"
         ranges.setdefault(segment.source, {}).setdefault(segment.sign, []).append(condition)
     for source, by_sign in ranges.items():
         time_sql, _, measures = _SOURCES[source]
         table = source if learner else _WITHOUT_LEARNER.get(source, source)
         conditions = {sign: " OR ".join(found) for sign, found in by_sign.items()}
         where = " AND ".join([f"({' OR '.join(conditions.values())})", *where_common])
-        branches.append(_branch(columns, time_sql, measures, conditions, table, where))
+        split = (narrow or extras_only) and _narrowable(dimensions, filters) and source in _WITHOUT_LEARNER
+        if not extras_only or not split:
+            branches.append(
+                _branch(columns, time_sql, _only(measures, True) if split else measures, conditions, table, where)
+            )
+        if split:
+            blank = ", ".join(f"'' AS {name}" for name in dimensions)
+            extras = _only(measures, False)
+            branches.append(_branch(blank, time_sql, extras, conditions, _WITHOUT_LEARNER[source], where))
     return "\nUNION ALL\n".join(branches)
 
 
@@ -338,12 +391,17 @@ def learner_union_sql(
     filters: CostFilter,
     params: dict[str, Any],
     granularity: Granularity,
+    *,
+    narrow: bool = False,
 ) -> str:
     """`union_sql`, with every `usage_daily` segment read from the learner rollup in one
-    branch; only for questions where `learner_rollup_fits`."""
+    branch; only for questions where `learner_rollup_fits`. `narrow`: see `_RANKED`."""
+    narrow = narrow and _narrowable(dimensions, filters)
     days = [segment for segment in segments if segment.source == "usage_daily"]
     others = [segment for segment in segments if segment.source != "usage_daily"]
-    branches = [union_sql(others, dimensions, filters, params)] if others else []
+    branches = [union_sql(others, dimensions, filters, params, narrow=narrow)] if others else []
+    if narrow and days:
+        branches.append(union_sql(days, dimensions, filters, params, extras_only=True, prefix="x"))
     today = _today()
     spans = [
         span
@@ -376,7 +434,7 @@ def learner_union_sql(
             _branch(
                 ", ".join(dimensions),
                 "toDateTime(bucket, 'UTC')",
-                _ROLLUP_MEASURE_LIST,
+                _only(_ROLLUP_MEASURE_LIST, True) if narrow else _ROLLUP_MEASURE_LIST,
                 conditions,
                 LEARNER_ROLLUP,
                 where,
@@ -428,18 +486,20 @@ class CostQueries:
         return sql, params
 
     def ranked_with_total(
-        self, filters: CostFilter, dimension: str, limit: int, label: str = "costs.ranked"
+        self, filters: CostFilter, dimension: str, limit: int, label: str = "costs.ranked", *, narrow: bool = False
     ) -> tuple[list[CostRow], Totals]:
         """The `limit` costliest rows per `dimension` over the whole range, and the total of
-        every row, from one query (GROUPING SETS ((dimension), ()))."""
+        every row, from one query (GROUPING SETS ((dimension), ())). `narrow` (by learner):
+        the rows carry cost, events and tokens only (the other counts read as zero there,
+        and the row of learner '' may hold other learners' ones), the total every count."""
         segments = plan_to_day_end(filters.start, filters.end, "none", "UTC", datetime.now(UTC))
         if not segments:
             return [], Totals(Decimal(0), dict.fromkeys(COUNTS, 0))
         params: dict[str, Any] = {"limit": limit + 1}
         if learner_rollup_fits([dimension], filters, "none", "UTC"):
-            union = learner_union_sql(segments, [dimension], filters, params, "none")
+            union = learner_union_sql(segments, [dimension], filters, params, "none", narrow=narrow)
         else:
-            union = union_sql(segments, [dimension], filters, params)
+            union = union_sql(segments, [dimension], filters, params, narrow=narrow)
         sql = (
             f"SELECT {dimension}, grouping({dimension}) AS level, {_SUMS} FROM ({union}) "
             f"GROUP BY GROUPING SETS (({dimension}), ()) "
@@ -500,91 +560,107 @@ class CostQueries:
         )
         return _breakdown(self.db.query(sql, params, label=label))
 
-    def summary_breakdown(
+    def summary_periods(
         self,
         filters: CostFilter,
-        split: datetime,
         granularity: Granularity,
         tz: str,
         period: str,
-        top: int | None = None,
+        top: int,
+        slack: timedelta | None = None,
         label: str = "costs.summary",
-    ) -> Breakdown:
-        """`breakdown` of [filters.start, filters.end) in one query: whole UTC periods before
-        `split` from `cost_summaries` (`split` and `filters.start` on period starts), the rest
-        from the rollups; with `top`, only the `top` costliest services and models per bucket."""
-        params: dict[str, Any] = {"tz": tz}
-        branches = []
-        if split > filters.start:
-            params.update(period=period, first=filters.start.astimezone(UTC).date(), last=split.astimezone(UTC).date())
-            where = " AND ".join(
-                [
-                    "period = {period:String}",
-                    "period_start >= {first:Date}",
-                    "period_start < {last:Date}",
-                    *filters.where(params),
-                ]
+    ) -> tuple[list[PeriodRow], datetime]:
+        """Per bucket of [filters.start, filters.end) (`filters.start` on a period start): the
+        sums and the `top` costliest services and models, in one query. With `slack` (UTC
+        periods, filters on summary dimensions only), the leading run of whole periods whose
+        `cost_summaries` rows are current comes from there and the rest from the rollups;
+        also returns where that run ends (`filters.start` when there is none).
+
+        The run is decided inside the query, as the refresh job defines staleness: it ends at
+        the first period one of whose days received an event (`usage_daily_totals.last_received_at`)
+        no earlier than `slack` before its row was computed, or that has no row, and at the
+        latest at the last period that ended on or before the day of the last refresh's
+        watermark (`cost_summary_runs`) and before `filters.end`."""
+        first = filters.start.astimezone(UTC).date()
+        params: dict[str, Any] = {"tz": tz, "first": first, "top": top}
+        segments = plan_to_day_end(filters.start, filters.end, granularity, tz, datetime.now(UTC))
+        branches: list[str] = []
+        split = "{first:Date}"
+        with_sql = ""
+        if slack is not None:
+            split = "split"
+            day = _PERIOD_OF_DAY[period]
+            moment = "Nullable(DateTime64(3, 'UTC'))"
+            params.update(
+                period=period,
+                end_day=filters.end.astimezone(UTC).date(),
+                slack_ms=int(slack / timedelta(milliseconds=1)),
+            )
+            where = filters.where(params)
+            received = " AND ".join([f"{day} >= {{first:Date}}", f"{day} < {{end_day:Date}}", *where])
+            computed = " AND ".join(
+                ["period = {period:String}", "period_start >= {first:Date}", "period_start < {end_day:Date}", *where]
+            )
+            stale = (
+                "(SELECT minOrNull(p) FROM (SELECT p, max(r) AS received, min(c) AS computed FROM ("
+                f"SELECT {day} AS p, CAST(last_received_at AS {moment}) AS r, CAST(NULL AS {moment}) AS c "
+                f"FROM usage_daily_totals WHERE {received} "
+                f"UNION ALL SELECT period_start, CAST(NULL AS {moment}), CAST(computed_at AS {moment}) "
+                f"FROM cost_summaries FINAL WHERE {computed}) GROUP BY p "
+                "HAVING received IS NOT NULL "
+                "AND (computed IS NULL OR received >= computed - toIntervalMillisecond({slack_ms:Int64}))))"
+            )
+            # the last period start whose period ends on or before the watermark's day and `end`
+            newest = _PERIOD_OF_DAY[period].replace(
+                "bucket", "least((SELECT toDate(max(watermark)) FROM cost_summary_runs), {end_day:Date})"
+            )
+            with_sql = (
+                f"WITH {newest} AS newest, {stale} AS stale, "
+                "greatest({first:Date}, if(stale IS NULL, newest, least(assumeNotNull(stale), newest))) AS split "
             )
             measures = ", ".join(
                 name if name != "unpriced_events" else "toInt64(unpriced_events) AS unpriced_events"
                 for name in _ROLLUP_MEASURE_LIST
             )
+            summaries_where = " AND ".join(
+                ["period = {period:String}", "period_start >= {first:Date}", "period_start < split", *where]
+            )
             branches.append(
                 f"SELECT service, model, toDateTime(period_start, 'UTC') AS t, {measures} "
-                f"FROM cost_summaries FINAL WHERE {where}"
+                f"FROM cost_summaries FINAL WHERE {summaries_where}"
             )
-        if split < filters.end:
-            segments = plan_to_day_end(split, filters.end, granularity, tz, datetime.now(UTC))
-            live = CostFilter(filters.scope, split, filters.end, filters.values, filters.learner_search)
-            branches.append(union_sql(segments, ["service", "model"], live, params))
-        if not branches:
-            return Breakdown([], [], [])
+        branches.append(
+            union_sql(segments, ["service", "model"], filters, params, daily_from=split if slack is not None else None)
+        )
         bucket = bucket_sql(granularity) or "0"
+        per_level = ", ".join(f"anyIf(g_{name}, level = 3)" for name in (*COUNTS, "cost_usd"))
+        sums = ", ".join(f"sum({name}) AS g_{name}" for name in (*COUNTS, "cost_usd"))
+
+        def ranked(name: str, level: int) -> str:
+            pairs = f"groupArrayIf(({name}, g_cost_usd), level = {level})"
+            return f"arraySlice(arraySort(x -> (-x.2, x.1), {pairs}), 1, {{top:UInt64}})"
+
         sql = (
-            f"SELECT service, model, {bucket} AS bucket, grouping(service, model) AS level, {_SUMS} "
+            f"{with_sql}SELECT bucket, {per_level}, {ranked('service', 1)}, {ranked('model', 2)}, "
+            f"any({split}) FROM ("
+            f"SELECT service, model, {bucket} AS bucket, grouping(service, model) AS level, {sums} "
             f"FROM ({' UNION ALL '.join(branches)}) "
             "GROUP BY GROUPING SETS ((bucket), (bucket, service), (bucket, model))"
+            ") GROUP BY bucket"
         )
-        if top is not None:  # one row per bucket, and its `top` costliest services and models
-            sql += " ORDER BY level, bucket, cost_usd DESC, service, model LIMIT {top:UInt64} BY level, bucket"
-            params["top"] = top
-        return _breakdown(self.db.query(sql, params, label=label))
-
-    def summary_freshness(
-        self, filters: CostFilter, period: str
-    ) -> tuple[datetime | None, dict[int, tuple[datetime | None, datetime | None]]]:
-        """The last summary refresh's watermark (None before the first), and `freshness`
-        for [filters.start, filters.end), in one query."""
-        params: dict[str, Any] = {
-            "period": period,
-            "first": filters.start.astimezone(UTC).date(),
-            "last": filters.end.astimezone(UTC).date(),
-        }
-        where = filters.where(params)
-        day = {"day": "bucket", "week": "toMonday(bucket)", "month": "toStartOfMonth(bucket)"}[period]
-        moment = "Nullable(DateTime64(3, 'UTC'))"
-        received = " AND ".join([f"{day} >= {{first:Date}}", f"{day} < {{last:Date}}", *where])
-        computed = " AND ".join(
-            ["period = {period:String}", "period_start >= {first:Date}", "period_start < {last:Date}", *where]
-        )
-        sql = (
-            f"SELECT toUInt8(0) AS kind, toUInt32(0) AS p, if(count() = 0, NULL, CAST(max(watermark) AS {moment})) "
-            "FROM cost_summary_runs "
-            f"UNION ALL SELECT toUInt8(1), toUnixTimestamp(toDateTime({day}, 'UTC')) AS p, "
-            f"CAST(max(last_received_at) AS {moment}) FROM usage_daily_totals WHERE {received} GROUP BY p "
-            "UNION ALL SELECT toUInt8(2), toUnixTimestamp(toDateTime(period_start, 'UTC')) AS p, "
-            f"CAST(min(computed_at) AS {moment}) FROM cost_summaries FINAL WHERE {computed} GROUP BY p"
-        )
-        watermark: datetime | None = None
-        out: dict[int, tuple[datetime | None, datetime | None]] = {}
-        for kind, key, when in self.db.query(sql, params, label="costs.freshness"):
-            if kind == 0:
-                watermark = as_utc(when) if when is not None else None
-            elif kind == 1:
-                out[int(key)] = (as_utc(when), out.get(int(key), (None, None))[1])
-            else:
-                out[int(key)] = (out.get(int(key), (None, None))[0], as_utc(when))
-        return watermark, out
+        rows = self.db.query(sql, params, label=label)
+        out = [
+            PeriodRow(
+                int(row[0]),
+                row[1 + len(COUNTS)],
+                {name: int(row[1 + i]) for i, name in enumerate(COUNTS)},
+                [(name or "", cost) for name, cost in row[2 + len(COUNTS)]],
+                [(name or "", cost) for name, cost in row[3 + len(COUNTS)]],
+            )
+            for row in rows
+        ]
+        until = rows[0][-1] if rows else first
+        return out, datetime(until.year, until.month, until.day, tzinfo=UTC)
 
     def precomputed_breakdown(self, filters: CostFilter, period: str, label: str = "costs.precomputed") -> Breakdown:
         """`breakdown` from `cost_summaries`, for UTC periods starting in [filters.start, filters.end);
@@ -685,6 +761,21 @@ class CostQueries:
         if not rows:
             return Totals(Decimal(0), dict.fromkeys(COUNTS, 0))
         return Totals(rows[0].cost_usd, rows[0].counts)
+
+
+@dataclass
+class PeriodRow:
+    """One bucket of a summary: its sums and its costliest services and models (name, cost)."""
+
+    bucket: int
+    cost_usd: Decimal
+    counts: dict[str, int]
+    top_services: list[tuple[str, Decimal]]
+    top_models: list[tuple[str, Decimal]]
+
+
+# The start of the summary period (`cost_summaries.period`) holding a UTC day `bucket`.
+_PERIOD_OF_DAY = {"day": "bucket", "week": "toMonday(bucket)", "month": "toStartOfMonth(bucket)"}
 
 
 @dataclass

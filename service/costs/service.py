@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -19,7 +18,7 @@ import msgspec
 from service.auth.principal import Principal, Role
 from service.costs.periods import Period, next_period, period_start, previous_period
 from service.costs.plan import UTC_NAMES, Granularity
-from service.costs.query import COUNTS, DIMENSIONS, ORDERS, Breakdown, CostFilter, CostQueries, CostRow, Totals
+from service.costs.query import COUNTS, DIMENSIONS, ORDERS, CostFilter, CostQueries, CostRow, PeriodRow, Totals
 from service.costs.schemas import (
     CostQueryResult,
     CostSummary,
@@ -242,7 +241,7 @@ class CostService:
 
         def run() -> tuple[list[CostRow], Totals]:
             if ranked.learner_search is None:  # the ranking and the total in one query
-                return self.queries.ranked_with_total(filters, "learner_id", limit + 1)
+                return self.queries.ranked_with_total(filters, "learner_id", limit + 1, narrow=True)
             rows = self.queries.grouped(ranked, ["learner_id"], "none", "UTC", limit=limit + 1)
             return rows, self.queries.total(filters)
 
@@ -265,31 +264,6 @@ class CostService:
             total=totals_out(totals),
         )
 
-    def _precomputed_until(self, filters: CostFilter, before: datetime, period: Period, zone: ZoneInfo) -> datetime:
-        """End of the leading run of periods whose cost_summaries rows are exact.
-
-        A period qualifies when it ended before the last refresh and none of its
-        days received an event after its row was computed (less the in-flight
-        slack). The first period that fails ends the run; later ones are read
-        from the rollups.
-        """
-        at, fresh = self.queries.summary_freshness(
-            CostFilter(filters.scope, before, filters.end, filters.values), period
-        )
-        if at is None:
-            return before
-        cutoff = datetime(at.year, at.month, at.day, tzinfo=UTC)  # periods ending on the watermark's day or before
-        candidates = [before]
-        while next_period(candidates[-1], period, zone) <= min(cutoff, filters.end):
-            candidates.append(next_period(candidates[-1], period, zone))
-        split = before
-        for begin in candidates[:-1]:
-            received, computed = fresh.get(int(begin.timestamp()), (None, None))
-            if received is not None and (computed is None or received >= computed - self.summary_slack):
-                break
-            split = next_period(begin, period, zone)
-        return split
-
     async def summary(
         self,
         principal: Principal,
@@ -310,42 +284,28 @@ class CostService:
         before = previous_period(first, period, zone)
         granularity: Granularity = period  # type: ignore[assignment]
 
-        def run() -> tuple[Breakdown, datetime | None]:
-            # Whole UTC periods that ended before the last summary refresh come from
-            # cost_summaries; the rest (and every other zone or filter) from the rollups,
-            # each in one GROUPING SETS query (per period, per service, per model).
-            split = before
-            if tz in UTC_NAMES and set(filters.values) <= SUMMARY_DIMENSIONS:
-                split = self._precomputed_until(filters, before, period, zone)
-            found = self.queries.summary_breakdown(
-                CostFilter(filters.scope, before, filters.end, filters.values), split, granularity, tz, period, TOP_N
+        # Whole UTC periods that ended before the last summary refresh come from
+        # cost_summaries, the rest (and every other zone or filter) from the rollups:
+        # one query for the sums and top services and models of every period.
+        precomputed = tz in UTC_NAMES and set(filters.values) <= SUMMARY_DIMENSIONS
+        answer, split = await anyio.to_thread.run_sync(
+            lambda: self.queries.summary_periods(
+                CostFilter(filters.scope, before, filters.end, filters.values),
+                granularity,
+                tz,
+                period,
+                TOP_N,
+                self.summary_slack if precomputed else None,
             )
-            return found, (split if split > before else None)
-
-        answer, precomputed_until = await anyio.to_thread.run_sync(run)
-        # Every bucket from `first` on lies inside [first, end); the one before only serves the change.
-        since = int(first.timestamp())
-        per_period = answer.periods
-        services = [row for row in answer.services if (row.bucket or 0) >= since]
-        models = [row for row in answer.models if (row.bucket or 0) >= since]
-        services.sort(key=lambda row: (-row.cost_usd, row.keys["service"] or ""))
-        models.sort(key=lambda row: (-row.cost_usd, row.keys["model"] or ""))
-        totals = add(Totals(Decimal(0), dict.fromkeys(COUNTS, 0)), *(r for r in per_period if (r.bucket or 0) >= since))
-        by_bucket = {row.bucket: row for row in per_period}
-        tops: dict[str, dict[int | None, list[Ranked]]] = {
-            "service": defaultdict(list),
-            "model": defaultdict(list),
-        }
-        for name, rows in (("service", services), ("model", models)):
-            for row in rows:  # ordered by cost, descending
-                bucket_tops = tops[name][row.bucket]
-                if len(bucket_tops) < TOP_N:
-                    bucket_tops.append(Ranked(row.keys[name] or "", money_str(row.cost_usd)))
+        )
+        by_bucket = {row.bucket: row for row in answer}
+        totals = add(
+            Totals(Decimal(0), dict.fromkeys(COUNTS, 0)), *(r for r in answer if r.bucket >= int(first.timestamp()))
+        )
         periods = []
+        prior = by_bucket.get(int(before.timestamp()))
         for begin in begins:
-            key = int(begin.timestamp())
-            found = by_bucket.get(key)
-            prior = by_bucket.get(int(previous_period(begin, period, zone).timestamp()))
+            found = by_bucket.get(int(begin.timestamp()))
             cost = found.cost_usd if found else Decimal(0)
             prior_cost = prior.cost_usd if prior else Decimal(0)
             change = cost - prior_cost
@@ -359,10 +319,13 @@ class CostService:
                     output_tokens=found.counts["output_tokens"] if found else 0,
                     change_usd=money_str(change),
                     change_pct=None if prior_cost.is_zero() else pct(change, prior_cost),
-                    top_services=tops["service"].get(key, []),
-                    top_models=tops["model"].get(key, []),
+                    top_services=[Ranked(name, money_str(spent)) for name, spent in found.top_services]
+                    if found
+                    else [],
+                    top_models=[Ranked(name, money_str(spent)) for name, spent in found.top_models] if found else [],
                 )
             )
+            prior = found
         return CostSummary(
             start=iso(first),
             end=iso(filters.end),
@@ -370,11 +333,11 @@ class CostService:
             tz=tz,
             periods=periods,
             total=totals_out(totals),
-            precomputed_until=iso(precomputed_until) if precomputed_until else None,
+            precomputed_until=iso(split) if split > before else None,
         )
 
 
-def add(totals: Totals, *more: Totals | CostRow) -> Totals:
+def add(totals: Totals, *more: Totals | CostRow | PeriodRow) -> Totals:
     cost = totals.cost_usd + sum((m.cost_usd for m in more), Decimal(0))
     counts = {name: totals.counts[name] + sum(m.counts[name] for m in more) for name in COUNTS}
     return Totals(cost, counts)
