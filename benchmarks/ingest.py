@@ -4,7 +4,10 @@ Run by `make bench` as `.venv/bin/python benchmarks/ingest.py`. Three phases:
 
 1. Single events: requests/s of a bare Litestar app that decodes the same JSON
    into a msgspec Struct and echoes it, against the real `POST /usage-events`
-   (JWT auth, validation, pricing, group-commit write into chDB). Each app runs
+   (JWT auth, validation, pricing, group-commit write: with the embedded engine an
+   fdatasync'd append to the ingest journal, which the service moves into chDB with an
+   INSERT at most every INGEST_MOVE_INTERVAL_MS). The phase ends by reading the number of
+   stored events back through GET /costs/query: it must equal the acknowledged ones. Each app runs
    under uvicorn in its own subprocess with the same options; the load comes
    from this process over keep-alive HTTP/1.1 connections to 127.0.0.1.
 2. Batches: events/s of `POST /usage-events/batch` (1,000-event batches)
@@ -38,10 +41,11 @@ import uuid
 from collections import Counter, deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, Literal, cast
+from urllib.parse import urlencode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -463,6 +467,27 @@ class Http1Connection:
             await reader.readexactly(2)
 
 
+def get_request(port: int, path: str, token: str) -> bytes:
+    lines = [f"GET {path} HTTP/1.1", f"Host: {HOST}:{port}", f"Authorization: Bearer {token}"]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+async def events_stored(server: Server) -> int:
+    """Events the real server holds, read back through GET /costs/query (which first
+    waits for everything acknowledged to be in ClickHouse)."""
+    token = issue_token(JWT_SECRET, role=Role.ADMIN, subject="finops-bench", minutes=10)
+    now = datetime.now(UTC)
+    query = urlencode({"start": (now - timedelta(days=3)).isoformat(), "end": (now + timedelta(days=1)).isoformat()})
+    connection = Http1Connection(HOST, server.port)
+    try:
+        status, body = await connection.request(get_request(server.port, f"/costs/query?{query}", token))
+    finally:
+        connection.close()
+    if status != 200:
+        raise RuntimeError(f"GET /costs/query answered {status}: {body[:300]!r}")
+    return int(msgspec.json.decode(body)["total"]["events"])
+
+
 def post_request(port: int, path: str, token: str | None, body: bytes) -> bytes:
     lines = [
         f"POST {path} HTTP/1.1",
@@ -567,6 +592,8 @@ class LoadGenerator:
 class SingleFigures:
     bare: LoadResult
     real: LoadResult
+    acknowledged: int = 0
+    stored: int = 0
 
     @property
     def ratio(self) -> float:
@@ -630,7 +657,17 @@ def phase_single(
     except BaseException:
         stop_server(real)
         raise
-    figures = SingleFigures(bare_result, real_result)
+    try:
+        stored = asyncio.run(events_stored(real))
+    except BaseException:
+        stop_server(real)
+        raise
+    acknowledged = args.warmup + real_result.ok
+    say(f"real: {stored:,} events stored of {acknowledged:,} acknowledged (read back through GET /costs/query)")
+    if stored != acknowledged:
+        stop_server(real)
+        raise RuntimeError(f"{acknowledged - stored} acknowledged events are missing from ClickHouse")
+    figures = SingleFigures(bare_result, real_result, acknowledged, stored)
     say(f"phase 1/3 single events: done, real/bare = {figures.ratio:.1%} (target >= {SINGLE_TARGET:.0%})")
     return figures, real
 
@@ -827,6 +864,7 @@ def summary(
                     "",
                 )
             )
+        rows.append(("single: stored / acknowledged", f"{single.stored:,} / {single.acknowledged:,}", "read back", ""))
         rows.append(
             (
                 "single: real / bare",

@@ -6,6 +6,7 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import anyio.to_thread
@@ -54,13 +55,14 @@ from service.pricing.reprice import RepriceIn
 from service.pricing.service import PricingService
 from service.queue import ArqJobs, Jobs
 from service.settings import Settings, SettingsError, get_settings
-from service.storage.clickhouse import ClickHouse
+from service.storage.clickhouse import ClickHouse, embedded_path, is_embedded
 from service.storage.migrations import migrate, pending
 from service.usage.claims import SharedClaims
 from service.usage.controller import WRITE_AUTH, UsageEventController
 from service.usage.fastpath import UsageEventFastPath
 from service.usage.fastpath import operation as record_operation
 from service.usage.ingest import GroupCommitBuffer, Ingestor
+from service.usage.journal import Journal, journal_directory
 from service.usage.repository import UsageRepository
 from service.usage.schemas import UsageBatchDoc, UsageEventIn
 
@@ -176,6 +178,16 @@ def create_app(
     def provide_ingestor() -> Ingestor:
         return wired[0].ingestor
 
+    async def settle_first(request: Request[Any, Any, Any]) -> None:
+        """Every request but ingest and probes first waits for what was acknowledged
+        before it to be in ClickHouse (the ingest journal moves it at once)."""
+        path = request.url.path
+        if not wired or path.startswith(_UNSETTLED_PATHS):
+            return
+        if request.method == "POST" and path.startswith("/usage-events"):
+            return
+        await wired[0].buffer.settled()
+
     def provide_repository() -> UsageRepository:
         return wired[0].repository
 
@@ -280,8 +292,10 @@ def create_app(
                 )
             redis = Redis.from_url(settings.redis_url) if settings.redis_url else None
             shared = SharedClaims(redis) if redis is not None else None
-            buffer = GroupCommitBuffer(database, settings.ingest, on_written=watch.notify, shared=shared)
-            buffer.start()
+            buffer = GroupCommitBuffer(
+                database, settings.ingest, on_written=watch.notify, shared=shared, journal=ingest_journal(settings)
+            )
+            await buffer.open()
             local.start()
             state = PricingState(book)
             pricing = PricingService(database, state, settings.pricing, senders, settings.ingest.bedrock_default_region)
@@ -298,6 +312,7 @@ def create_app(
             components = AppComponents(database, state, buffer, jobs, watch, settings, senders)
             components.pricing_service = pricing
             components.probe = HealthProbe(database, redis, local, embedded=not settings.redis_url)
+            components.probe.ingest = buffer
             wired.append(components)
             log.info("finops-svc ready: %d prices loaded, ClickHouse at %s", len(book), _safe_url(database.url))
             try:
@@ -336,6 +351,7 @@ def create_app(
     app = Litestar(
         route_handlers=handlers,
         lifespan=[lifespan],
+        before_request=settle_first,
         dependencies={
             "ingestor": Provide(provide_ingestor, sync_to_thread=False),
             "repository": Provide(provide_repository, sync_to_thread=False),
@@ -384,6 +400,19 @@ def create_app(
     operations = settings.operations
     limits = RateLimits(operations, settings.redis_url) if operations.rate_limits_enabled else None
     return Operations(fast, verifier, operations, limits)  # type: ignore[return-value]
+
+
+def ingest_journal(settings: Settings) -> Journal | None:
+    """The ingest journal, with the embedded engine unless INGEST_JOURNAL is off."""
+    if not (settings.ingest.journal and is_embedded(settings.database.url)):
+        return None
+    directory = settings.ingest.journal_dir or journal_directory(
+        embedded_path(settings.database.url), settings.database.database
+    )
+    return Journal(Path(directory))
+
+
+_UNSETTLED_PATHS = ("/health", "/metrics", "/docs", "/redoc", "/openapi.json")
 
 
 def _safe_url(url: str) -> str:

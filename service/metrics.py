@@ -35,6 +35,22 @@ INGEST_FLUSH_SECONDS = Histogram(
     "Time to deduplicate and write one group-commit batch.",
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
 )
+INGEST_JOURNAL_ROWS = Gauge(
+    "finops_ingest_journal_rows", "Acknowledged events in the ingest journal, not yet in ClickHouse."
+)
+INGEST_MOVE_ROWS = Histogram(
+    "finops_ingest_move_rows",
+    "Events moved from the ingest journal into ClickHouse per move.",
+    buckets=(1, 10, 100, 1000, 5000, 10000, 50000, 100000),
+)
+INGEST_MOVE_SECONDS = Histogram(
+    "finops_ingest_move_seconds",
+    "Time to INSERT one move of journaled events into ClickHouse.",
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+INGEST_MOVE_FAILURES = Counter(
+    "finops_ingest_move_failures_total", "Moves of journaled events into ClickHouse that failed (and are retried)."
+)
 INGEST_EVENTS = Counter("finops_ingest_events_total", "Events stored, by pricing status.", ["pricing_status"])
 INGEST_DUPLICATES = Counter("finops_ingest_duplicates_total", "Events dropped as repeats of a stored event_id.")
 INGEST_REJECTED = Counter("finops_ingest_rejected_total", "Requests refused because the buffer was full.")

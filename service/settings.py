@@ -100,7 +100,18 @@ class IngestSettings:
     """Group-commit INSERTs in flight at once; the next batch gathers meanwhile
     (INGEST_MAX_CONCURRENT_WRITES)."""
     buffer_max_rows: int = field(default_factory=lambda: _int("INGEST_BUFFER_MAX_ROWS", 100000, minimum=1))
-    """Rows waiting for a write at most; beyond it requests get 503 (INGEST_BUFFER_MAX_ROWS)."""
+    """Rows waiting for a write, or in the ingest journal waiting for a move, at most; beyond it
+    requests get 503 (INGEST_BUFFER_MAX_ROWS)."""
+    journal: bool = field(default_factory=lambda: _bool("INGEST_JOURNAL", True))
+    """With the embedded engine, acknowledge events once they are in the ingest journal on
+    local disk and INSERT the journal into ClickHouse in larger moves (INGEST_JOURNAL).
+    Off, or with a ClickHouse server, each group-commit batch is its own INSERT."""
+    journal_dir: str = field(default_factory=lambda: _env("INGEST_JOURNAL_DIR", ""))
+    """Directory of the ingest journal; default: `<engine path>-journal/<database>` (INGEST_JOURNAL_DIR)."""
+    move_interval_ms: int = field(default_factory=lambda: _int("INGEST_MOVE_INTERVAL_MS", 500, minimum=0))
+    """Under load, the journal moves into ClickHouse at most once per this many ms; an idle
+    service moves at once, and a read moves first what was acknowledged before it
+    (INGEST_MOVE_INTERVAL_MS)."""
     max_batch_events: int = field(default_factory=lambda: _int("INGEST_MAX_BATCH_EVENTS", 10000, minimum=1))
     """Events accepted in one POST /usage-events/batch (INGEST_MAX_BATCH_EVENTS)."""
     bedrock_default_region: str = field(default_factory=lambda: _env("BEDROCK_DEFAULT_REGION", "us-east-1"))

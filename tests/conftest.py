@@ -13,6 +13,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 from litestar.testing import TestClient
@@ -81,11 +82,13 @@ def fresh_database_name() -> str:
     return f"test_{uuid.uuid4().hex[:12]}"
 
 
-def make_settings(url: str, database: str, **ingest: int) -> Settings:
+def make_settings(url: str, database: str, **ingest: Any) -> Settings:
+    """Settings for a test app. The ingest journal is off unless a test turns it on
+    (`journal=True`): most tests read ClickHouse directly right after an API write."""
     return Settings(
         database=DatabaseSettings(url=url, database=database, pool_size=2, max_overflow=2, query_timeout_s=30),
         auth=AuthSettings(jwt_secret=JWT_SECRET, jwt_algorithm="HS256", jwt_expiration_minutes=60),
-        ingest=IngestSettings(**ingest) if ingest else IngestSettings(),
+        ingest=IngestSettings(**{"journal": False, **ingest}),
         # tests wait for every write, so no write is in flight when a summary refresh runs
         costs=CostSettings(max_range_days=732, aggregation_interval_s=3600, summary_slack_s=0),
         redis_url="",

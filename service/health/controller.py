@@ -29,6 +29,7 @@ from service.errors import StorageUnavailable
 from service.jobs import JobRunner
 from service.storage.clickhouse import ClickHouse
 from service.storage.migrations import pending
+from service.usage.ingest import GroupCommitBuffer
 
 HEARTBEAT_PREFIX = "finops:worker:"
 HEARTBEAT_EVERY_S = 10
@@ -54,6 +55,20 @@ class HealthProbe:
         self.redis = redis
         self.runner = runner
         self.embedded = embedded
+        self.ingest: GroupCommitBuffer | None = None
+
+    def ingest_health(self) -> ComponentHealth | None:
+        """The ingest journal: failing moves into ClickHouse make the service `degraded`."""
+        buffer = self.ingest
+        if buffer is None or buffer.journal is None:
+            return None
+        if buffer.move_failures:
+            return ComponentHealth(
+                "failed",
+                f"moving the ingest journal into ClickHouse failed {buffer.move_failures} time(s) in a row; "
+                f"{buffer.unmoved} acknowledged events wait in the journal (kept, retried)",
+            )
+        return ComponentHealth("ok", f"{buffer.unmoved} acknowledged events wait in the journal")
 
     async def ready(self) -> dict[str, ComponentHealth]:
         components = await anyio.to_thread.run_sync(check_clickhouse, self.db)
@@ -128,7 +143,8 @@ def check_clickhouse(db: ClickHouse) -> dict[str, ComponentHealth]:
     summary="Service health, per component",
     description=(
         "ClickHouse, migrations, Redis (when configured) and workers. 503 when ClickHouse, migrations or "
-        "Redis fail; `degraded` (200) when no worker is alive. Auth: none."
+        "Redis fail; `degraded` (200) when no worker is alive, the latest run of a price source failed, or "
+        "moving the ingest journal into ClickHouse is failing (events stay in the journal). Auth: none."
     ),
     tags=["operations"],
 )
@@ -138,7 +154,11 @@ async def health(probe: NamedDependency[HealthProbe]) -> Response[Health]:
     components["workers"] = await probe.workers()
     if ready:
         components["pricing"] = await probe.pricing()
-    extra_ok = all(components[name].status == "ok" for name in ("workers", "pricing") if name in components)
+    ingest = probe.ingest_health()
+    if ingest is not None:
+        components["ingest"] = ingest
+    extra = ("workers", "pricing", "ingest")
+    extra_ok = all(components[name].status == "ok" for name in extra if name in components)
     status = "unavailable" if not ready else "ok" if extra_ok else "degraded"
     return Response(Health(status, components), status_code=200 if ready else 503, headers=NO_STORE)
 

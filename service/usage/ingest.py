@@ -5,11 +5,15 @@
 with one INSERT per batch window; a request is answered only after its rows
 are written (a 2xx means stored). Repeated `event_id`s are dropped before the
 INSERT, because the materialized views count whatever reaches `usage_events`.
+With the embedded engine, "written" means appended to the ingest journal on
+local disk; a mover INSERTs the journal into ClickHouse (service/usage/journal.py).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import time
 import uuid
 from collections import deque
@@ -31,6 +35,10 @@ from service.metrics import (
     INGEST_EVENTS,
     INGEST_FLUSH_ROWS,
     INGEST_FLUSH_SECONDS,
+    INGEST_JOURNAL_ROWS,
+    INGEST_MOVE_FAILURES,
+    INGEST_MOVE_ROWS,
+    INGEST_MOVE_SECONDS,
     INGEST_REJECTED,
     UNPRICED_EVENTS,
 )
@@ -39,6 +47,7 @@ from service.pricing.overrides import PricingState
 from service.settings import IngestSettings
 from service.storage.clickhouse import ClickHouse
 from service.usage.claims import SharedClaims
+from service.usage.journal import Journal, KeyFilter
 from service.usage.schemas import (
     BatchItemResult,
     BatchResult,
@@ -46,6 +55,8 @@ from service.usage.schemas import (
     UsageEvent,
     UsageEventIn,
 )
+
+log = logging.getLogger("finops.ingest")
 
 MAX_FUTURE_SKEW = timedelta(minutes=5)
 EARLIEST_EVENT = datetime(2000, 1, 1, tzinfo=UTC)  # the rollups' DateTime columns start in 1970
@@ -224,7 +235,7 @@ class _Pending:
 
 
 class GroupCommitBuffer:
-    """Gathers events from concurrent requests into few INSERTs; answers after the write.
+    """Gathers events from concurrent requests into few writes; answers after the write.
 
     One flusher task takes whole requests from the queue and hands each batch
     to a writer; up to `max_concurrent_writes` batches are written at once,
@@ -232,8 +243,15 @@ class GroupCommitBuffer:
     loop, so without races) for the time its batch is in flight: a repeat that
     arrives meanwhile waits for that write and answers as its duplicate. With
     `shared` claims (Redis), replicas do the same across processes. The
-    durable record of keys is `usage_event_keys`, checked before each INSERT.
+    durable record of keys is `usage_event_keys`, checked before each write.
     A failed write fails every request in its batch and releases its claims.
+
+    With a `journal` (the embedded engine), a batch is written to the journal
+    and the mover INSERTs what the journal holds into ClickHouse: at once when
+    it is idle, else at most once per `move_interval_ms`, and at once when a
+    reader calls `settled()`. Until then the events answer repeats from memory;
+    a failed INSERT is retried, never lost. `open()` first moves what an
+    earlier run left in the journal.
     """
 
     def __init__(
@@ -242,11 +260,14 @@ class GroupCommitBuffer:
         settings: IngestSettings,
         on_written: Callable[[list[UsageEvent]], None] | None = None,
         shared: SharedClaims | None = None,
+        journal: Journal | None = None,
     ) -> None:
         self.db = db
         self.settings = settings
         self.on_written = on_written
         self.shared = shared
+        self.journal = journal
+        self.keys: KeyFilter | None = None
         self._queue: deque[_Pending] = deque()
         self._rows = 0
         self._wake = asyncio.Event()
@@ -255,16 +276,55 @@ class GroupCommitBuffer:
         self._claims: dict[Key, asyncio.Future[UsageEvent]] = {}
         self._writes: set[asyncio.Task[None]] = set()
         self._slots = asyncio.Semaphore(max(1, settings.max_concurrent_writes))
+        # journal mode: acknowledged events not yet in ClickHouse, in journal order
+        self._unmoved: dict[Key, UsageEvent] = {}
+        self._segment_of: dict[Key, int] = {}  # the journal segment each unmoved event is in
+        self._mover: asyncio.Task[None] | None = None
+        self._move_wake = asyncio.Event()
+        self._urgent = False
+        self._appended = 0  # journal batches acknowledged so far
+        self._moved = 0  # of which all are in ClickHouse
+        self._settle_waiters: list[tuple[int, asyncio.Future[None]]] = []
+        self._move_failures = 0
 
     @property
     def depth(self) -> int:
         return self._rows
 
+    @property
+    def move_failures(self) -> int:
+        """Failed moves of the journal into ClickHouse since the last one that succeeded."""
+        return self._move_failures
+
+    @property
+    def unmoved(self) -> int:
+        """Acknowledged events still only in the journal."""
+        return len(self._unmoved)
+
+    async def open(self) -> None:
+        """Move what the journal kept from an earlier run, learn the stored keys, start."""
+        if self.journal is not None:
+            journal = self.journal
+
+            def recover() -> KeyFilter:
+                events, segments = journal.replay()
+                if events:
+                    log.info("ingest journal: moving %d events left by an earlier run", len(events))
+                    self._insert_new(events)
+                journal.forget(segments)
+                return KeyFilter.from_database(self.db)
+
+            self.keys = await anyio.to_thread.run_sync(recover)
+        self.start()
+
     def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run(), name="ingest-flusher")
+        loop = asyncio.get_running_loop()
+        self._task = loop.create_task(self._run(), name="ingest-flusher")
+        if self.journal is not None:
+            self._mover = loop.create_task(self._move_loop(), name="ingest-mover")
 
     async def stop(self) -> None:
-        """Write what is buffered, then stop."""
+        """Write what is buffered (and move what the journal holds), then stop."""
         self._closing = True
         self._wake.set()
         if self._task is not None:
@@ -272,11 +332,31 @@ class GroupCommitBuffer:
             self._task = None
         if self._writes:
             await asyncio.gather(*self._writes, return_exceptions=True)
+        if self._mover is not None:
+            self._move_wake.set()
+            await self._mover
+            self._mover = None
+        if self.journal is not None:
+            self.journal.close()
+
+    async def settled(self, timeout_s: float = 5.0) -> None:
+        """Wait until every event acknowledged so far is in ClickHouse (or the timeout
+        passes, when ClickHouse refuses writes): readers call this first."""
+        if self._mover is None or self._moved >= self._appended:
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        self._settle_waiters.append((self._appended, waiter))
+        self._urgent = True
+        self._move_wake.set()
+        try:
+            await asyncio.wait_for(asyncio.shield(waiter), timeout_s)
+        except TimeoutError:
+            log.warning("reading before %d acknowledged events reached ClickHouse", len(self._unmoved))
 
     async def submit(self, events: list[UsageEvent]) -> list[tuple[UsageEvent, bool]]:
         if self._closing or self._task is None:
             raise Overloaded("the service is shutting down", retry_after=5)
-        if self._rows + len(events) > self.settings.buffer_max_rows:
+        if self._rows + len(self._unmoved) + len(events) > self.settings.buffer_max_rows:
             INGEST_REJECTED.inc()
             raise Overloaded("ingest buffer is full; retry shortly", retry_after=1)
         pending = _Pending(events, asyncio.get_running_loop().create_future())
@@ -325,9 +405,14 @@ class GroupCommitBuffer:
         loop = asyncio.get_running_loop()
         mine: dict[Key, UsageEvent] = {}
         elsewhere: dict[Key, asyncio.Future[UsageEvent]] = {}
+        originals: dict[Key, UsageEvent | BaseException] = {}
         for event in events:
             key = (event.tenant_id, event.event_id)
-            if key in mine or key in elsewhere:
+            if key in mine or key in elsewhere or key in originals:
+                continue
+            journaled = self._unmoved.get(key)
+            if journaled is not None:
+                originals[key] = journaled
                 continue
             claim = self._claims.get(key)
             if claim is not None:
@@ -344,11 +429,19 @@ class GroupCommitBuffer:
                     claim.set_exception(exc)
                     claim.add_done_callback(_retrieved)  # waiters may be none
                 raise
+            fresh = [event for key, event in mine.items() if written[key] is event]
+            if self.journal is not None:
+                for event in fresh:
+                    self._unmoved[(event.tenant_id, event.event_id)] = event
             for key, stored in written.items():
                 self._claims.pop(key).set_result(stored)
-            if self.on_written is not None:
-                self.on_written([event for key, event in mine.items() if written[key] is event])
-            originals: dict[Key, UsageEvent | BaseException] = dict(written)
+            if self.journal is not None:
+                if fresh:
+                    self._appended += 1
+                    self._move_wake.set()
+            elif self.on_written is not None:
+                self.on_written(fresh)
+            originals.update(written)
             for key, claim in elsewhere.items():
                 try:
                     originals[key] = await asyncio.shield(claim)
@@ -383,11 +476,12 @@ class GroupCommitBuffer:
 
     async def _write_claimed(self, candidates: dict[Key, UsageEvent]) -> dict[Key, UsageEvent]:
         """`_write`, holding the keys' claims shared with other replicas (when configured)."""
+        write = self._write if self.journal is None else self._append
         if self.shared is None or not candidates:
-            return await anyio.to_thread.run_sync(self._write, candidates)
+            return await anyio.to_thread.run_sync(write, candidates)
         token, held = await self.shared.claim(list(candidates))
         try:
-            return await anyio.to_thread.run_sync(self._write, candidates)
+            return await anyio.to_thread.run_sync(write, candidates)
         finally:
             await self.shared.release(token, held)
 
@@ -400,22 +494,147 @@ class GroupCommitBuffer:
         written_at = _to_millis(datetime.now(UTC))
         for event in fresh:  # stamped at the write, so freshness checks can trust it
             event.received_at = written_at
+        self._insert(fresh)
+        _count_stored(fresh)
+        INGEST_FLUSH_ROWS.observe(len(fresh))
+        INGEST_FLUSH_SECONDS.observe(time.perf_counter() - started)
+        return {**candidates, **stored}
+
+    def _append(self, candidates: dict[Key, UsageEvent]) -> dict[Key, UsageEvent]:
+        """Journal mode: append the candidates not stored yet to the journal; returns each
+        key's stored event. Only keys the filter may know are looked up. Worker thread."""
+        assert self.journal is not None
+        assert self.keys is not None
+        started = time.perf_counter()
+        stored = find_stored(self.db, self.keys.maybe_stored(list(candidates)))
+        fresh = [event for key, event in candidates.items() if key not in stored]
+        written_at = _to_millis(datetime.now(UTC))
+        for event in fresh:
+            event.received_at = written_at
         if fresh:
+            segment = self.journal.append(fresh)
+            keys = [(event.tenant_id, event.event_id) for event in fresh]
+            self.keys.add(keys)
+            for key in keys:
+                self._segment_of[key] = segment
+        _count_stored(fresh)
+        INGEST_FLUSH_ROWS.observe(len(fresh))
+        INGEST_FLUSH_SECONDS.observe(time.perf_counter() - started)
+        return {**candidates, **stored}
+
+    def _insert(self, events: list[UsageEvent]) -> None:
+        if events:
             self.db.insert(
                 "usage_events",
-                _columns(fresh),
+                _columns(events),
                 EVENT_COLUMNS,
                 column_oriented=True,
                 label="usage.insert",
                 settings=INSERT_SETTINGS,
             )
-        for event in fresh:
-            INGEST_EVENTS.labels(event.pricing_status).inc()
-            if event.pricing_status == "unpriced":
-                UNPRICED_EVENTS.labels(event.provider).inc()
-        INGEST_FLUSH_ROWS.observe(len(fresh))
-        INGEST_FLUSH_SECONDS.observe(time.perf_counter() - started)
-        return {**candidates, **stored}
+
+    def _insert_new(self, events: list[UsageEvent]) -> None:
+        """INSERT those of `events` not in ClickHouse yet (a replay, a retry after an
+        INSERT that may have landed in part)."""
+        for start in range(0, len(events), MOVE_CHUNK):
+            chunk = events[start : start + MOVE_CHUNK]
+            stored = find_stored(self.db, [(e.tenant_id, e.event_id) for e in chunk])
+            self._insert([e for e in chunk if (e.tenant_id, e.event_id) not in stored])
+
+    # -- journal mode: the mover ------------------------------------------------
+
+    async def _move_loop(self) -> None:
+        assert self.journal is not None
+        interval = self.settings.move_interval_ms / 1000
+        last = -interval
+        while True:
+            if self._moved >= self._appended:
+                if self._closing and self._task is None and not self._writes:
+                    return
+                self._move_wake.clear()
+                await self._move_wake.wait()
+                continue
+            wait = last + interval - time.monotonic()
+            if wait > 0 and not self._urgent and not self._closing:
+                self._move_wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._move_wake.wait(), wait)
+                continue
+            self._urgent = False
+            last = time.monotonic()
+            covered = self._appended
+            events = list(self._unmoved.values())
+            self.journal.seal()
+            try:
+                await anyio.to_thread.run_sync(self._move, events)
+            except Exception as exc:
+                self._move_failures += 1
+                INGEST_MOVE_FAILURES.inc()
+                delay = min(30.0, 0.5 * 2 ** min(self._move_failures, 6))
+                log.error(
+                    "moving %d journaled events into ClickHouse failed (attempt %d; retrying in %.1f s): %s",
+                    len(events),
+                    self._move_failures,
+                    delay,
+                    exc,
+                )
+                if self._closing:
+                    log.error("stopping with %d events in the ingest journal; they move at the next start", len(events))
+                    return
+                self._move_wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._move_wake.wait(), delay)
+                continue
+            for event in events:
+                self._unmoved.pop((event.tenant_id, event.event_id), None)
+            self._moved = max(self._moved, covered)
+            INGEST_JOURNAL_ROWS.set(len(self._unmoved))
+            self._release_settled()
+            if self.on_written is not None and events:
+                self.on_written(events)
+
+    def _move(self, events: list[UsageEvent]) -> None:
+        """INSERT journaled events; after a failed attempt, only those not stored yet."""
+        assert self.journal is not None
+        started = time.perf_counter()
+        if self._move_failures:
+            self._insert_new(events)
+        else:
+            for start in range(0, len(events), MOVE_CHUNK):
+                self._insert(events[start : start + MOVE_CHUNK])
+        self._move_failures = 0
+        self.journal.moved(self._segment_counts(events))
+        INGEST_MOVE_ROWS.observe(len(events))
+        INGEST_MOVE_SECONDS.observe(time.perf_counter() - started)
+
+    def _segment_counts(self, events: list[UsageEvent]) -> dict[int, int]:
+        counts: dict[int, int] = {}
+        for event in events:
+            segment = self._segment_of.pop((event.tenant_id, event.event_id), None)
+            if segment is not None:
+                counts[segment] = counts.get(segment, 0) + 1
+        return counts
+
+    def _release_settled(self) -> None:
+        waiting = []
+        for covered, waiter in self._settle_waiters:
+            if covered <= self._moved:
+                if not waiter.done():
+                    waiter.set_result(None)
+            else:
+                waiting.append((covered, waiter))
+        self._settle_waiters = waiting
+
+
+def _count_stored(events: list[UsageEvent]) -> None:
+    for event in events:
+        INGEST_EVENTS.labels(event.pricing_status).inc()
+        if event.pricing_status == "unpriced":
+            UNPRICED_EVENTS.labels(event.provider).inc()
+
+
+# INSERTs of the mover hold at most this many rows each.
+MOVE_CHUNK = 50_000
 
 
 # Materialized views of one INSERT run side by side rather than one after another,
