@@ -15,6 +15,7 @@ import pytest
 from litestar.testing import AsyncTestClient, TestClient
 
 from service.app import create_app
+from service.errors import StorageUnavailable
 from service.settings import IngestSettings, Settings
 from service.storage.clickhouse import ClickHouse
 from service.storage.migrations import migrate
@@ -71,7 +72,7 @@ def test_without_the_journal_a_failed_write_answers_503_and_claims_no_key(settin
             side.command("DETACH TABLE usage_events", label="test")
             failed = client.post("/usage-events", json=event(event_id="retry-me"), headers=auth("service"))
             assert failed.status_code == 503
-            side.command("ATTACH TABLE usage_events", label="test")
+            attach_usage_events(side)
         finally:
             side.close()
         retried = client.post("/usage-events", json=event(event_id="retry-me"), headers=auth("service"))
@@ -98,7 +99,7 @@ def test_a_refused_insert_keeps_journaled_events_and_moves_them_once_clickhouse_
             health = client.get("/health").json()
             assert (health["status"], health["components"]["ingest"]["status"]) == ("degraded", "failed")
             assert "1 acknowledged events wait in the journal" in health["components"]["ingest"]["detail"]
-            side.command("ATTACH TABLE usage_events", label="test")
+            attach_usage_events(side)
         finally:
             side.close()
         assert all_ids(client, auth) == ["kept"]  # the read waits for the retried move
@@ -145,6 +146,19 @@ def test_events_left_in_the_journal_by_a_crash_are_stored_once_at_the_next_start
         assert replay.status_code == 200
         assert replay.json()["metadata"] == {"replica": "crash"}
     assert list(journal.directory.glob("*.jnl")) == []
+
+
+def attach_usage_events(side: ClickHouse) -> None:
+    """ATTACH again; ClickHouse refuses while a query that began before the DETACH still runs."""
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            side.command("ATTACH TABLE usage_events", label="test")
+            return
+        except StorageUnavailable as exc:
+            if "Retry later" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
 
 
 def metric_value(text: str, name: str) -> float:
