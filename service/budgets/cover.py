@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
+from service.costs.periods import grain_floor, grain_next
 from service.costs.plan import plan
 
 DAY = timedelta(days=1)
@@ -112,20 +113,6 @@ def _joined(pieces: Sequence[Piece]) -> list[Piece]:
     return out
 
 
-def _grain_floor(day: date, grain: str) -> date:
-    if grain == "month":
-        return day.replace(day=1)
-    if grain == "week":
-        return day - timedelta(days=day.weekday())
-    return day
-
-
-def _grain_next(bucket: date, grain: str) -> date:
-    if grain == "month":
-        return date(bucket.year + bucket.month // 12, bucket.month % 12 + 1, 1)
-    return bucket + timedelta(days=7 if grain == "week" else 1)
-
-
 def _moment(day: date) -> datetime:
     return datetime(day.year, day.month, day.day, tzinfo=UTC)
 
@@ -141,8 +128,8 @@ def grain_pieces(piece: Piece, today: date) -> list[Piece]:
     out: list[Piece] = []
     cursor = start
     for grain in ("month", "week"):
-        bucket = _grain_floor(start, grain)
-        following = _grain_next(bucket, grain)
+        bucket = grain_floor(start, grain)
+        following = grain_next(bucket, grain)
         lead = (start - bucket).days
         if not lead:
             break  # the range starts with a whole bucket of this grain: taken below
@@ -156,9 +143,9 @@ def grain_pieces(piece: Piece, today: date) -> list[Piece]:
             break
     while cursor < end:
         for grain in GRAINS:
-            if _grain_floor(cursor, grain) != cursor:
+            if grain_floor(cursor, grain) != cursor:
                 continue
-            following = _grain_next(cursor, grain)
+            following = grain_next(cursor, grain)
             if following <= end:
                 out.append(Piece(grain, _moment(cursor), _moment(following), piece.sign))
                 cursor = following
@@ -188,10 +175,10 @@ def netted(pieces: Sequence[Piece]) -> list[Piece]:
         bucket = piece.start.date()
         while bucket < piece.end.date():
             signs[(piece.source, bucket)] = signs.get((piece.source, bucket), 0) + piece.sign
-            bucket = _grain_next(bucket, piece.source)
+            bucket = grain_next(bucket, piece.source)
     out = list(others)
     for (grain, bucket), sign in signs.items():
-        out += [Piece(grain, _moment(bucket), _moment(_grain_next(bucket, grain)), 1 if sign > 0 else -1)] * abs(sign)
+        out += [Piece(grain, _moment(bucket), _moment(grain_next(bucket, grain)), 1 if sign > 0 else -1)] * abs(sign)
     return _joined(out)
 
 

@@ -43,3 +43,19 @@ def next_period(start: datetime, period: Period, zone: ZoneInfo) -> datetime:
 
 def previous_period(start: datetime, period: Period, zone: ZoneInfo) -> datetime:
     return period_start(start - timedelta(seconds=1), period, zone)
+
+
+def grain_floor(day: date, grain: str) -> date:
+    """The first day of the UTC day, week (from Monday) or month holding `day`."""
+    if grain == "month":
+        return day.replace(day=1)
+    if grain == "week":
+        return day - timedelta(days=day.weekday())
+    return day
+
+
+def grain_next(bucket: date, grain: str) -> date:
+    """The first day of the day, week or month after the one starting at `bucket`."""
+    if grain == "month":
+        return date(bucket.year + bucket.month // 12, bucket.month % 12 + 1, 1)
+    return bucket + timedelta(days=7 if grain == "week" else 1)

@@ -10,6 +10,7 @@ from decimal import Decimal
 from typing import Any, Literal
 
 from service.auth.principal import TenantScope
+from service.costs.periods import grain_floor, grain_next
 from service.costs.plan import UTC_NAMES, Granularity, Segment, plan_to_day_end
 from service.storage.clickhouse import ClickHouse, as_utc
 
@@ -283,23 +284,9 @@ class GrainSpan:
 _GRAIN_WEIGHT = {"day": 1, "week": 3, "month": 6}
 
 
-def _grain_floor(day: date, grain: str) -> date:
-    if grain == "month":
-        return day.replace(day=1)
-    if grain == "week":
-        return day - timedelta(days=day.weekday())
-    return day
-
-
-def _grain_next(bucket: date, grain: str) -> date:
-    if grain == "month":
-        return date(bucket.year + bucket.month // 12, bucket.month % 12 + 1, 1)
-    return bucket + timedelta(days=7 if grain == "week" else 1)
-
-
 def _grain_ceil(day: date, grain: str) -> date:
-    floor = _grain_floor(day, grain)
-    return floor if floor == day else _grain_next(floor, grain)
+    floor = grain_floor(day, grain)
+    return floor if floor == day else grain_next(floor, grain)
 
 
 def _month_ceil(day: date) -> date:
@@ -313,7 +300,7 @@ def _cover_cost(spans: Sequence[GrainSpan], today: date) -> int:
         bucket = span.start
         while bucket < span.end and bucket <= today:
             cost += _GRAIN_WEIGHT[span.grain]
-            bucket = _grain_next(bucket, span.grain)
+            bucket = grain_next(bucket, span.grain)
     return cost
 
 
@@ -337,8 +324,8 @@ def _grain_cover(start: date, end: date, grains: Sequence[str], today: date | No
     grain, finer = grains[0], grains[1:]
     if grain == "day":
         return [GrainSpan("day", start, end)]
-    inner = (_grain_ceil(start, grain), _grain_floor(end, grain))
-    outer = (_grain_floor(start, grain), _grain_ceil(end, grain))
+    inner = (_grain_ceil(start, grain), grain_floor(end, grain))
+    outer = (grain_floor(start, grain), _grain_ceil(end, grain))
     options = [_grain_cover(start, end, finer, today)]
     sides = [("in", "in")] if today is None else [("in", "in"), ("in", "out"), ("out", "in"), ("out", "out")]
     for left, right in sides:
@@ -363,7 +350,7 @@ def _net(spans: Sequence[GrainSpan]) -> dict[int, list[GrainSpan]]:
         bucket = span.start
         while bucket < span.end:
             signs[(span.grain, bucket)] += span.sign
-            bucket = _grain_next(bucket, span.grain)
+            bucket = grain_next(bucket, span.grain)
     out: dict[int, list[GrainSpan]] = defaultdict(list)
     for (grain, bucket), sign in sorted(signs.items()):
         if not sign:
@@ -371,9 +358,9 @@ def _net(spans: Sequence[GrainSpan]) -> dict[int, list[GrainSpan]]:
         found = out[sign]
         last = found[-1] if found else None
         if last is not None and last.grain == grain and last.end == bucket:
-            found[-1] = GrainSpan(grain, last.start, _grain_next(bucket, grain), sign)
+            found[-1] = GrainSpan(grain, last.start, grain_next(bucket, grain), sign)
         else:
-            found.append(GrainSpan(grain, bucket, _grain_next(bucket, grain), sign))
+            found.append(GrainSpan(grain, bucket, grain_next(bucket, grain), sign))
     return dict(out)
 
 
