@@ -476,45 +476,32 @@ class GroupCommitBuffer:
 
     async def _write_claimed(self, candidates: dict[Key, UsageEvent]) -> dict[Key, UsageEvent]:
         """`_write`, holding the keys' claims shared with other replicas (when configured)."""
-        write = self._write if self.journal is None else self._append
         if self.shared is None or not candidates:
-            return await anyio.to_thread.run_sync(write, candidates)
+            return await anyio.to_thread.run_sync(self._write, candidates)
         token, held = await self.shared.claim(list(candidates))
         try:
-            return await anyio.to_thread.run_sync(write, candidates)
+            return await anyio.to_thread.run_sync(self._write, candidates)
         finally:
             await self.shared.release(token, held)
 
     def _write(self, candidates: dict[Key, UsageEvent]) -> dict[Key, UsageEvent]:
-        """INSERT the candidates not stored yet; returns each key's stored event.
+        """Write the candidates not stored yet (INSERT, or append to the journal); returns
+        each key's stored event. With the key filter, only keys it may know are looked up.
         Runs on a worker thread."""
         started = time.perf_counter()
-        stored = find_stored(self.db, list(candidates))
+        lookup = list(candidates) if self.keys is None else self.keys.maybe_stored(list(candidates))
+        stored = find_stored(self.db, lookup)
         fresh = [event for key, event in candidates.items() if key not in stored]
         written_at = _to_millis(datetime.now(UTC))
         for event in fresh:  # stamped at the write, so freshness checks can trust it
             event.received_at = written_at
-        self._insert(fresh)
-        _count_stored(fresh)
-        INGEST_FLUSH_ROWS.observe(len(fresh))
-        INGEST_FLUSH_SECONDS.observe(time.perf_counter() - started)
-        return {**candidates, **stored}
-
-    def _append(self, candidates: dict[Key, UsageEvent]) -> dict[Key, UsageEvent]:
-        """Journal mode: append the candidates not stored yet to the journal; returns each
-        key's stored event. Only keys the filter may know are looked up. Worker thread."""
-        assert self.journal is not None
-        assert self.keys is not None
-        started = time.perf_counter()
-        stored = find_stored(self.db, self.keys.maybe_stored(list(candidates)))
-        fresh = [event for key, event in candidates.items() if key not in stored]
-        written_at = _to_millis(datetime.now(UTC))
-        for event in fresh:
-            event.received_at = written_at
-        if fresh:
+        if self.journal is None:
+            self._insert(fresh)
+        elif fresh:
             segment = self.journal.append(fresh)
             keys = [(event.tenant_id, event.event_id) for event in fresh]
-            self.keys.add(keys)
+            if self.keys is not None:
+                self.keys.add(keys)
             for key in keys:
                 self._segment_of[key] = segment
         _count_stored(fresh)
